@@ -1,0 +1,5 @@
+import sys
+
+from mlip.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""Frames -> graphs (flat dicts of tensors) and batching of many graphs into one.
+
+A batch concatenates nodes, offsets edge indices by the number of atoms before each structure
+and records the structure of every atom in ``batch``. Missing labels become zeros with a zero
+weight, so one loss formula covers partly labelled data.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mlip.data import keys as K
+from mlip.data.frames import Frame, chemical_symbols_to_types
+from mlip.data.neighbors import neighbor_list
+from mlip.errors import InputError
+
+Graph = Dict[str, torch.Tensor]
+
+
+class TypeMapper:
+    """Chemical symbols, in declared order, <-> type indices used by the model."""
+
+    def __init__(self, type_names: Sequence[str]):
+        self.type_names = list(type_names)
+        self.z_to_type = chemical_symbols_to_types(self.type_names)
+        table = np.full(119, -1, dtype=np.int64)
+        for z, t in self.z_to_type.items():
+            table[z] = t
+        self._table = table
+
+    def __call__(self, numbers: np.ndarray, source: str = "") -> np.ndarray:
+        types = self._table[np.asarray(numbers)]
+        if (types < 0).any():
+            from ase.data import chemical_symbols
+            bad = sorted({chemical_symbols[z] for z in np.asarray(numbers)[types < 0]})
+            path, _, frame = source.rpartition(":")
+            raise InputError(f"species {bad} not in type_names {self.type_names}",
+                             path or None, int(frame) if frame.isdigit() else None, "numbers")
+        return types
+
+
+def frame_to_graph(frame: Frame, type_mapper: TypeMapper, r_max: float,
+                   dtype: torch.dtype = torch.float64) -> Graph:
+    """Build the radius graph of one frame and pack it, with its labels, as tensors."""
+    edge_index, shifts = neighbor_list(frame.positions, frame.cell, frame.pbc, r_max, frame.source)
+    n = len(frame)
+    cell = frame.cell if frame.pbc.any() else np.zeros((3, 3))
+    g: Graph = {
+        K.POSITIONS: torch.as_tensor(frame.positions, dtype=dtype),
+        K.ATOM_TYPES: torch.as_tensor(type_mapper(frame.numbers, frame.source)),
+        K.CELL: torch.as_tensor(cell, dtype=dtype).unsqueeze(0),
+        K.PBC: torch.as_tensor(frame.pbc).view(1, 3),
+        K.EDGE_INDEX: torch.as_tensor(edge_index),
+        K.EDGE_CELL_SHIFT: torch.as_tensor(shifts, dtype=dtype),
+        K.BATCH: torch.zeros(n, dtype=torch.long),
+        K.NUM_ATOMS: torch.tensor([n], dtype=torch.long),
+        K.REF_ENERGY: torch.tensor([frame.energy if frame.energy is not None else 0.0], dtype=dtype),
+        K.ENERGY_WEIGHT: torch.tensor([1.0 if frame.energy is not None else 0.0], dtype=dtype),
+        K.REF_FORCES: torch.as_tensor(frame.forces if frame.forces is not None else np.zeros((n, 3)), dtype=dtype),
+        K.FORCES_WEIGHT: torch.full((n,), 1.0 if frame.forces is not None else 0.0, dtype=dtype),
+        K.REF_STRESS: torch.as_tensor(frame.stress if frame.stress is not None else np.zeros((3, 3)),
+                                      dtype=dtype).unsqueeze(0),
+        K.STRESS_WEIGHT: torch.tensor([1.0 if frame.stress is not None else 0.0], dtype=dtype),
+    }
+    return g
+
+
+def collate(graphs: Sequence[Graph]) -> Graph:
+    """Concatenate graphs into one batch (nodes concatenated, edge indices offset)."""
+    if len(graphs) == 1:
+        return dict(graphs[0])
+    counts = torch.cat([g[K.NUM_ATOMS] for g in graphs])
+    offsets = torch.cumsum(counts, 0) - counts
+    out: Graph = {}
+    for key in graphs[0]:
+        if key == K.EDGE_INDEX:
+            out[key] = torch.cat([g[key] + off for g, off in zip(graphs, offsets.tolist())], dim=1)
+        elif key == K.BATCH:
+            out[key] = torch.repeat_interleave(torch.arange(len(graphs)), counts)
+        else:
+            out[key] = torch.cat([g[key] for g in graphs], dim=0)
+    return out
+
+
+def to_device(graph: Mapping[str, torch.Tensor], device: torch.device | str,
+              dtype: Optional[torch.dtype] = None) -> Graph:
+    """Move a graph to ``device``; floating tensors are cast to ``dtype`` when given."""
+    out = {}
+    for key, value in graph.items():
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        out[key] = value.to(device, non_blocking=True)
+    return out
+
+
+def graphs_from_frames(frames: List[Frame], type_mapper: TypeMapper, r_max: float,
+                       dtype: torch.dtype = torch.float64) -> List[Graph]:
+    return [frame_to_graph(f, type_mapper, r_max, dtype) for f in frames]

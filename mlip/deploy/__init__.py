@@ -1,0 +1,1 @@
+"""Deployment: TorchScript export (LAMMPS pair_style nequip contract), ASE calculator, model checks."""

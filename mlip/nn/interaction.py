@@ -1,0 +1,55 @@
+"""NequIP's interaction block: convolve neighbours, add a species-dependent self-connection, gate."""
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from mlip.nn.gate import Gate, gate_input_irreps
+from mlip.nn.irreps import Irrep, e3nn_irreps
+from mlip.nn.linear import IrrepsLinear, SpeciesLinear
+from mlip.nn.radial import RadialMLP
+from mlip.ops.message import MessagePassing
+from mlip.ops.tensor_product import TensorProductSpec, reachable_irreps
+
+
+class NequIPInteraction(nn.Module):
+    """x [N, D_in, C] -> x' [N, D_out, C].
+
+    1. linear on the input features;
+    2. message step: sum over neighbours j of W_ij(r) * TP(h_j, Y(r_ij)), divided by the
+       average number of neighbours so the sum does not grow with density;
+    3. linear from the tensor product's path outputs to (features + gates);
+    4. plus a species-dependent linear self-connection of the input;
+    5. gated nonlinearity.
+
+    ``irreps_out`` is ``target_irreps`` restricted to what the tensor product can reach.
+    """
+
+    def __init__(self, irreps_in: Sequence[Irrep], irreps_sh: Sequence[Irrep], target_irreps: Sequence[Irrep],
+                 channels: int, num_types: int, num_basis: int, radial_hidden: int, radial_depth: int,
+                 avg_num_neighbors: float, backend: str = "auto"):
+        super().__init__()
+        irreps_in = list(irreps_in)
+        out_irreps = reachable_irreps(irreps_in, irreps_sh, target_irreps)
+        self.out_irreps_list = out_irreps
+        spec = TensorProductSpec(irreps_in, list(irreps_sh), out_irreps)
+        self.linear_up = IrrepsLinear(irreps_in, irreps_in, channels, channels)
+        self.message = MessagePassing(spec, channels, backend)
+        self.radial_mlp = RadialMLP(num_basis, radial_hidden, radial_depth, spec.num_paths, channels)
+        pre_gate = gate_input_irreps(out_irreps)
+        self.linear_down = IrrepsLinear(spec.irreps_out, pre_gate, channels, channels)
+        self.self_connection = SpeciesLinear(irreps_in, pre_gate, channels, channels, num_types)
+        self.gate = Gate(out_irreps, channels)
+        self.inv_avg_num_neighbors = 1.0 / float(avg_num_neighbors)
+        self.irreps_in = e3nn_irreps(irreps_in, channels)
+        self.irreps_out = e3nn_irreps(out_irreps, channels)
+
+    def forward(self, x: torch.Tensor, atom_types: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor,
+                edge_index: torch.Tensor) -> torch.Tensor:
+        h = self.linear_up(x)
+        weights = self.radial_mlp(edge_radial)
+        msg = self.message(h, edge_sh, weights, edge_index) * self.inv_avg_num_neighbors
+        # self-connection and message are summed with 1/sqrt(2) to keep unit variance
+        y = (self.linear_down(msg) + self.self_connection(x, atom_types)) * 0.7071067811865476
+        return self.gate(y)

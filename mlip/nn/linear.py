@@ -1,0 +1,105 @@
+"""Equivariant linear maps on the [N, D, C] layout: channels mix, irrep components do not."""
+
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from mlip.nn.irreps import Irrep, e3nn_irreps, irreps_slices
+
+
+class IrrepsLinear(nn.Module):
+    """For every output irrep: a [C_in * k, C_out] matrix over the k input copies of the same irrep.
+
+    Inputs may hold the same irrep several times (a tensor product's path outputs); they are
+    concatenated along channels and mixed. Output irreps that no input carries are an error.
+    """
+
+    def __init__(self, irreps_in: Sequence[Irrep], irreps_out: Sequence[Irrep], channels_in: int, channels_out: int,
+                 allow_missing: bool = False):
+        super().__init__()
+        self.irreps_in_list, self.irreps_out_list = list(irreps_in), list(irreps_out)
+        self.irreps_in = e3nn_irreps(irreps_in, channels_in)
+        self.irreps_out = e3nn_irreps(irreps_out, channels_out)
+        in_sl = irreps_slices(irreps_in)
+        groups: Dict[Irrep, List[Tuple[int, int]]] = {}
+        for ir, sl in zip(irreps_in, in_sl):
+            groups.setdefault(ir, []).append(sl)
+        self.channels_out = channels_out
+        self.plan: List[Tuple[List[int], int, float]] = []  # (input component index list, weight idx, scale)
+        weights = []
+        for ir in irreps_out:
+            if ir not in groups:
+                if not allow_missing:
+                    raise ValueError(f"IrrepsLinear: output irrep {ir} has no input among {self.irreps_in}")
+                self.plan.append(([], -1, 0.0))  # no path: this output is zero
+                continue
+            copies = groups[ir]
+            comps = [c for a, b in copies for c in range(a, b)]  # copies stacked: [k*(2l+1)]
+            fan_in = channels_in * len(copies)
+            self.plan.append((comps, len(weights), 1.0 / math.sqrt(fan_in)))
+            weights.append(nn.Parameter(torch.randn(fan_in, channels_out)))
+        self.weights = nn.ParameterList(weights)
+        # one index buffer for all outputs; (start, stop) into it, static per output irrep
+        flat: List[int] = []
+        self.bounds: List[Tuple[int, int, int, float]] = []  # (start, stop, 2l+1, scale)
+        self.present: List[bool] = []
+        for (comps, w_idx, scale), ir in zip(self.plan, irreps_out):
+            self.present.append(w_idx >= 0)
+            if w_idx >= 0:
+                self.bounds.append((len(flat), len(flat) + len(comps), 2 * ir[0] + 1, scale))
+                flat.extend(comps)
+        self.out_dims = [2 * l + 1 for l, _ in irreps_out]
+        self.all_present = all(self.present)
+        del self.plan
+        self.register_buffer("index", torch.tensor(flat, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[0], x.shape[2]
+        outs: List[torch.Tensor] = []
+        for k, w in enumerate(self.weights):
+            start, stop, m, scale = self.bounds[k]
+            copies = (stop - start) // m
+            # [N, k*m, C] -> [N, m, k*C]  (copy-major along channels, matching the weight rows)
+            xi = x.index_select(1, self.index[start:stop])
+            if copies > 1:
+                xi = xi.view(n, copies, m, c).transpose(1, 2).reshape(n, m, copies * c)
+            outs.append(xi @ (w * scale))
+        if self.all_present:
+            return torch.cat(outs, dim=1)
+        full: List[torch.Tensor] = []
+        j = 0
+        for k, present in enumerate(self.present):
+            if present:
+                full.append(outs[j])
+                j += 1
+            else:
+                full.append(x.new_zeros(n, self.out_dims[k], self.channels_out))
+        return torch.cat(full, dim=1)
+
+
+class SpeciesLinear(nn.Module):
+    """Self-connection: an IrrepsLinear whose weights depend on the species of the node.
+
+    Output irreps absent from the input get zero (there is no equivariant path to them).
+
+    Computes the map for every species at once and picks each node's (cheap while the number
+    of species is small, and free of per-node weight gathers).
+    """
+
+    def __init__(self, irreps_in: Sequence[Irrep], irreps_out: Sequence[Irrep], channels_in: int,
+                 channels_out: int, num_types: int):
+        super().__init__()
+        self.num_types = num_types
+        self.channels_out = channels_out
+        self.linear = IrrepsLinear(irreps_in, irreps_out, channels_in, channels_out * num_types, allow_missing=True)
+        self.irreps_in = self.linear.irreps_in
+        self.irreps_out = e3nn_irreps(irreps_out, channels_out)
+
+    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)  # [N, D, S*C]
+        n, d = y.shape[0], y.shape[1]
+        y = y.view(n, d, self.num_types, self.channels_out)
+        idx = atom_types.view(n, 1, 1, 1).expand(n, d, 1, self.channels_out)
+        return y.gather(2, idx).squeeze(2)

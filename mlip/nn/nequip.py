@@ -1,0 +1,81 @@
+"""The NequIP architecture: species embedding, interaction blocks, scalar readout, scale/shift.
+
+It reads edge vectors from the graph dict and writes per-atom energies; forces and stress are
+taken by :class:`mlip.nn.potential.Potential`, which every architecture shares.
+"""
+
+import math
+from typing import Dict, List, Sequence, Union
+
+import torch
+from torch import nn
+
+from mlip.data import keys as K
+from mlip.nn.interaction import NequIPInteraction
+from mlip.nn.irreps import hidden_irreps, sh_irreps
+from mlip.nn.radial import RadialEmbedding
+from mlip.nn.readout import ScalarReadout, ScaleShift
+from mlip.nn.spherical_harmonics import SphericalHarmonics
+
+
+class SpeciesEmbedding(nn.Module):
+    """Type index -> C even scalars (a learned vector per species), shaped [N, 1, C]."""
+
+    def __init__(self, num_types: int, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_types, channels))
+        self.irreps_out = f"{channels}x0e"
+
+    def forward(self, atom_types: torch.Tensor) -> torch.Tensor:
+        return self.weight[atom_types].unsqueeze(1)
+
+
+class NequIPModel(nn.Module):
+    """Per-atom energies of a NequIP-style equivariant message-passing network.
+
+    Hyperparameters: ``num_layers`` interaction blocks of ``channels`` channels per irrep, hidden
+    irreps up to ``l_max`` (both parities if ``parity``, else SO(3) only), edge harmonics up to
+    ``l_max``, ``num_bessel`` radial functions within ``r_max`` (Angstrom), and a radial MLP of
+    ``radial_depth`` layers of ``radial_hidden`` units. The last block outputs scalars only,
+    since the readout uses nothing else.
+    """
+
+    def __init__(self, num_types: int, r_max: float = 5.0, num_layers: int = 3, channels: int = 32, l_max: int = 1,
+                 parity: bool = True, num_bessel: int = 8, cutoff_p: int = 6, radial_hidden: int = 64,
+                 radial_depth: int = 2, readout_hidden: int = 16, avg_num_neighbors: float = 10.0,
+                 atomic_energy_scales: Union[Sequence[float], float] = 1.0,
+                 atomic_energy_shifts: Union[Sequence[float], float] = 0.0, message_backend: str = "auto"):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError("num_layers must be at least 1")
+        self.r_max = float(r_max)
+        self.embedding = SpeciesEmbedding(num_types, channels)
+        self.radial = RadialEmbedding(r_max, num_bessel, cutoff_p)
+        self.sh = SphericalHarmonics(l_max)
+        irreps_sh = sh_irreps(l_max, parity)
+        hidden = hidden_irreps(l_max, parity)
+        layers: List[NequIPInteraction] = []
+        irreps = [(0, 1)]
+        for i in range(num_layers):
+            target = hidden if i < num_layers - 1 else [(0, 1)]
+            block = NequIPInteraction(irreps, irreps_sh, target, channels, num_types, num_bessel, radial_hidden,
+                                      radial_depth, avg_num_neighbors, message_backend)
+            irreps = block.out_irreps_list
+            layers.append(block)
+        self.layers = nn.ModuleList(layers)
+        self.readout = ScalarReadout(channels, readout_hidden)
+        self.scale_shift = ScaleShift(num_types, atomic_energy_scales, atomic_energy_shifts)
+        self.irreps_out = "1x0e"
+
+    def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        atom_types = data[K.ATOM_TYPES]
+        edge_index = data[K.EDGE_INDEX]
+        vectors = data[K.EDGE_VECTORS]
+        lengths = torch.linalg.vector_norm(vectors, dim=-1)
+        edge_sh = self.sh(vectors)
+        edge_radial = self.radial(lengths)
+        x = self.embedding(atom_types)
+        for layer in self.layers:
+            x = layer(x, atom_types, edge_sh, edge_radial, edge_index)
+        data[K.ATOMIC_ENERGY] = self.scale_shift(self.readout(x[:, 0, :]), atom_types)
+        return data

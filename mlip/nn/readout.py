@@ -1,0 +1,41 @@
+"""Per-atom energy from invariant features, and per-species scale and shift (E0)."""
+
+import math
+from typing import Sequence, Union
+
+import torch
+from torch import nn
+
+
+class ScalarReadout(nn.Module):
+    """Even scalars [N, C] -> per-atom energy [N, 1] through a small MLP (C -> hidden -> 1)."""
+
+    def __init__(self, channels: int, hidden: int = 16):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(channels, hidden))
+        self.w2 = nn.Parameter(torch.randn(hidden, 1))
+        self.s1, self.s2 = 1.0 / math.sqrt(channels), 1.0 / math.sqrt(hidden)
+        self.irreps_in = f"{channels}x0e"
+        self.irreps_out = "1x0e"
+
+    def forward(self, scalars: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.silu(scalars @ (self.w1 * self.s1)) @ (self.w2 * self.s2)
+
+
+class ScaleShift(nn.Module):
+    """E_i = scale[type_i] * e_i + shift[type_i]: shifts are the isolated-atom energies E0 (eV),
+    scales the typical force magnitude (eV/A) so the network itself works in unit-variance terms."""
+
+    def __init__(self, num_types: int, scales: Union[Sequence[float], float] = 1.0, shifts: Union[Sequence[float], float] = 0.0,
+                 ):
+        super().__init__()
+        sc = torch.as_tensor(scales, dtype=torch.float64).expand(num_types).clone()
+        sh = torch.as_tensor(shifts, dtype=torch.float64).expand(num_types).clone()
+        # float64 buffers: E0 of heavy atoms are ~1e3-1e4 eV, beyond float32's resolution in meV
+        # (build the model with mlip.nn.build_model(dtype=...) rather than .to(dtype), which would cast them)
+        self.register_buffer("scales", sc)
+        self.register_buffer("shifts", sh)
+
+    def forward(self, atomic_energy: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
+        e = atomic_energy.to(torch.float64)
+        return self.scales[atom_types].unsqueeze(-1) * e + self.shifts[atom_types].unsqueeze(-1)

@@ -1,0 +1,83 @@
+"""The message step as one operation: gather, tensor product, radial weights, scatter-sum.
+
+    out[i] = sum over edges e = (i, j) of  W[e] * TP(h[j], Y[e])
+
+This module is the torch reference (and the CPU path). It is the only place the model
+touches per-edge messages, so a fused kernel can replace it without changing the model:
+:class:`MessagePassing` dispatches on ``backend`` ("auto", "torch" or "triton").
+"""
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from mlip.ops.tensor_product import TensorProductSpec
+
+
+def message_reference(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
+                      edge_index: torch.Tensor, cg: torch.Tensor, path_of_output: torch.Tensor,
+                      num_nodes: int) -> torch.Tensor:
+    """Plain-torch message step.
+
+    node_feats [N, Din, C]; edge_sh [E, Dsh]; edge_weights [E, P, C]; edge_index [2, E] (row 0
+    receiver, row 1 sender); cg [Din, Dsh, Dout]; path_of_output [Dout]. Returns [N, Dout, C].
+    """
+    receiver, sender = edge_index[0], edge_index[1]
+    d_in, d_sh, d_out = cg.shape
+    # A[e] = sum_j Y[e, j] CG[:, j, :]  -> [E, Dout, Din]; one matmul for all paths
+    coupling = (edge_sh @ cg.transpose(0, 1).reshape(d_sh, d_in * d_out)).view(-1, d_in, d_out)
+    messages = torch.bmm(coupling.transpose(1, 2), node_feats.index_select(0, sender))  # [E, Dout, C]
+    messages = messages * edge_weights.index_select(1, path_of_output)
+    out = torch.zeros(num_nodes, d_out, node_feats.shape[2], dtype=messages.dtype, device=messages.device)
+    return out.index_add_(0, receiver, messages)
+
+
+class MessagePassing(nn.Module):
+    """Channel-wise tensor-product convolution over a graph; declares its irreps like e3nn.
+
+    ``backend``: "torch" always uses :func:`message_reference`; "triton" requires the fused
+    kernel; "auto" uses the fused kernel for CUDA tensors when Triton is importable.
+    """
+
+    def __init__(self, spec: TensorProductSpec, channels: int, backend: str = "auto"):
+        super().__init__()
+        if backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got '{backend}'")
+        self.spec = spec
+        self.channels = channels
+        self.backend = backend
+        self.num_paths = spec.num_paths
+        self.register_buffer("cg", spec.cg_tensor(torch.get_default_dtype()))
+        self.register_buffer("path_of_output", spec.path_of_output())
+        from mlip.nn.irreps import e3nn_irreps
+        self.irreps_in = e3nn_irreps(spec.irreps_in, channels)
+        self.irreps_sh = e3nn_irreps(spec.irreps_sh, 1)
+        self.irreps_out = e3nn_irreps(spec.irreps_out, channels)
+
+    def forward(self, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
+                edge_index: torch.Tensor) -> torch.Tensor:
+        if self._use_fused(node_feats):
+            return self._fused(node_feats, edge_sh, edge_weights, edge_index)
+        return message_reference(node_feats, edge_sh, edge_weights, edge_index, self.cg.to(node_feats.dtype),
+                                 self.path_of_output, node_feats.shape[0])
+
+    @torch.jit.unused
+    def _fused(self, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
+               edge_index: torch.Tensor) -> torch.Tensor:
+        from mlip.ops.triton_message import fused_message
+        return fused_message(node_feats, edge_sh, edge_weights, edge_index, self.spec, node_feats.shape[0])
+
+    @torch.jit.unused
+    def _fused_available(self, node_feats: torch.Tensor) -> bool:
+        from mlip.ops import triton_available
+        return triton_available(node_feats.device)
+
+    def _use_fused(self, node_feats: torch.Tensor) -> bool:
+        if torch.jit.is_scripting():
+            return False  # exported models (LAMMPS) run the reference path
+        if self.backend == "torch":
+            return False
+        if self.backend == "triton":
+            return True
+        return node_feats.is_cuda and self._fused_available(node_feats)

@@ -1,0 +1,1 @@
+"""Training: config, statistics, loss, loop, checkpoints and evaluation."""
