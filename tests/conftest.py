@@ -1,0 +1,25 @@
+"""Shared test set-up: few threads (CI has 2 cores), float64 by default where asked, data paths."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
+EXAMPLE_DATA = os.path.join(REPO, "data")
+
+
+def shared_path(*parts: str) -> str:
+    """Path into ../shared/data; the test is skipped when the shared data is absent."""
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"shared benchmark data not found: {path}")
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
