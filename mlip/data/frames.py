@@ -190,16 +190,22 @@ def read_npz(path: str, keys: NpzKeys = NpzKeys(), units: Units = Units(energy="
 
 
 def read_frames(path: str, keys: Optional[LabelKeys] = None, units: Optional[Units] = None,
-                index: str = ":", npz_keys: Optional[NpzKeys] = None, fmt: Optional[str] = None) -> List[Frame]:
+                index: str = ":", npz_keys: Optional[NpzKeys] = None, fmt: Optional[str] = None,
+                required: Sequence[str] = ()) -> List[Frame]:
     """Read every frame of ``path`` (any format ``ase.io.read`` knows, or ``.npz``).
 
-    ``index`` is an ASE index string such as ``":"`` or ``"0:100"``.
+    ``index`` is an ASE index string such as ``":"`` or ``"0:100"``. ``required`` lists labels
+    ("energy", "forces", "stress") that every frame must carry; a frame without one is an error
+    naming the file, the frame and the key the config told us to look for.
     """
     if not os.path.exists(path):
         raise InputError("file not found", path)
     if path.endswith(".npz"):
         sl = _parse_slice(index)
-        return read_npz(path, npz_keys or NpzKeys(), units or Units(energy="kcal/mol"), sl)
+        npz_keys = npz_keys or NpzKeys()
+        frames = read_npz(path, npz_keys, units or Units(energy="kcal/mol"), sl)
+        check_required(frames, required, path, LabelKeys(energy=npz_keys.energy, forces=npz_keys.forces))
+        return frames
     import ase.io
 
     keys = keys or LabelKeys()
@@ -214,7 +220,21 @@ def read_frames(path: str, keys: Optional[LabelKeys] = None, units: Optional[Uni
     if not atoms_list:
         raise InputError("no structures in file", path)
     start = _parse_slice(index).start or 0
-    return [frame_from_atoms(a, keys, units, path, start + i) for i, a in enumerate(atoms_list)]
+    frames = [frame_from_atoms(a, keys, units, path, start + i) for i, a in enumerate(atoms_list)]
+    check_required(frames, required, path, keys)
+    return frames
+
+
+def check_required(frames: Sequence[Frame], required: Sequence[str], path: str, keys: LabelKeys) -> None:
+    """Raise for the first frame that lacks a label the caller needs."""
+    for name in required:
+        if name not in ("energy", "forces", "stress"):
+            raise ValueError(f"unknown label '{name}'")
+        for i, frame in enumerate(frames):
+            if getattr(frame, name) is None:
+                where = frame.source.rpartition(":")[2]
+                raise InputError(f"{name} label missing (looked in atoms.info/atoms.arrays and the attached "
+                                 f"calculator)", path, int(where) if where.isdigit() else i, getattr(keys, name))
 
 
 def _first_line(exc: Exception) -> str:
