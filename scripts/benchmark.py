@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""Time mlip on the shared yardstick workloads (../shared/bench/workloads.py), model size S.
+
+    python scripts/benchmark.py                      # every workload, one JSON line each
+    python scripts/benchmark.py cu256-infer --repeats 5
+    python scripts/benchmark.py --compare            # MACE, NequIP and mlip alternately, with ratios
+
+Fields match peers.py: workload, program, seconds (median of --repeats after 3 warm-up calls),
+atoms, structures, threads, params; plus peak_rss_mb (resident memory high-water mark of the
+process that ran the workload). "infer" = energy + forces of one batch; "train" = one optimiser
+step of an energy + force MSE loss. Graph construction is outside the timing, as for the peers.
+Peers need ../shared/bench/setup_peers.sh first.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+BENCH = os.path.join(REPO, "..", "shared", "bench")
+PEERS_ROOT = os.environ.get("MLIP_PEERS", os.path.expanduser("~/.cache/mlip-peers"))
+
+
+def time_mlip(workload: str, threads: int, repeats: int) -> dict:
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, BENCH)
+    from workloads import MODEL_S, WORKLOADS
+
+    from mlip.data import GraphDataset, collate, frames_from_atoms_list
+    from mlip.data import keys as K
+    from mlip.nn import build_model
+
+    torch.set_num_threads(threads)
+    kind, build = WORKLOADS[workload]
+    frames = frames_from_atoms_list(build())
+    S = MODEL_S
+    dtype = getattr(torch, S["dtype"])
+    from ase.data import chemical_symbols
+    species = sorted({int(z) for f in frames for z in f.numbers})
+    type_names = [chemical_symbols[z] for z in species]
+    torch.manual_seed(0)
+    model = build_model(dict(architecture="nequip", num_layers=S["num_layers"], channels=S["channels"],
+                             l_max=S["l_max"], parity=False, r_max=S["r_max"], num_bessel=S["num_bessel"],
+                             avg_num_neighbors=20.0), type_names, dtype)
+    batch = collate(GraphDataset(frames, type_names, S["r_max"], dtype).graphs)
+    e_ref, f_ref = batch[K.REF_ENERGY].to(dtype), batch[K.REF_FORCES]
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def call():
+        if kind == "infer":
+            out = model(batch, compute_forces=True)
+            return float(out[K.TOTAL_ENERGY].detach().sum())
+        opt.zero_grad(set_to_none=True)
+        out = model(batch, compute_forces=True, training=True)
+        loss = ((out[K.TOTAL_ENERGY].to(dtype) - e_ref) ** 2).mean() + ((out[K.FORCES] - f_ref) ** 2).mean()
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    for _ in range(3):
+        call()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return {"workload": workload, "program": "mlip", "seconds": statistics.median(times),
+            "atoms": sum(len(f) for f in frames), "structures": len(frames), "threads": threads,
+            "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_child(program: str, workload: str, threads: int, repeats: int) -> dict:
+    """Each measurement in a fresh process, so peak memory and thread pools are its own."""
+    if program == "mlip":
+        cmd = [sys.executable, os.path.abspath(__file__), workload, "--threads", str(threads), "--repeats", str(repeats)]
+    else:
+        py = os.path.join(PEERS_ROOT, program, "bin", "python")
+        if not os.path.exists(py):
+            return {"workload": workload, "program": program, "error": f"{py} missing: run setup_peers.sh"}
+        # peak memory of the peer process, measured from outside
+        cmd = [py, "-c", "import resource,runpy,sys,json,io,contextlib;sys.argv=sys.argv[1:];"
+               "buf=io.StringIO()\nwith contextlib.redirect_stdout(buf): runpy.run_path(sys.argv[0], run_name='__main__')\n"
+               "d=json.loads(buf.getvalue().strip().splitlines()[-1]);"
+               "d['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024;print(json.dumps(d))",
+               os.path.join(BENCH, "peers.py"), program, workload, "--threads", str(threads), "--repeats", str(repeats)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [l for l in res.stdout.strip().splitlines() if l.startswith("{")]
+    if res.returncode != 0 or not lines:
+        return {"workload": workload, "program": program, "error": (res.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(lines[-1])
+
+
+def compare(workloads, threads: int, repeats: int, peers) -> None:
+    rows = []
+    for w in workloads:
+        results = {}
+        for program in list(peers) + ["mlip"]:  # alternate programs within a workload: same machine state
+            results[program] = run_child(program, w, threads, repeats)
+            print(json.dumps(results[program]), flush=True)
+        rows.append((w, results))
+    print()
+    head = f"{'workload':<13}" + "".join(f"{p + ' s':>12}{p + ' MB':>10}{p + ' params':>13}" for p in list(peers) + ["mlip"])
+    head += "".join(f"{p + '/mlip':>13}" for p in peers)
+    print(head)
+    for w, res in rows:
+        line = f"{w:<13}"
+        for p in list(peers) + ["mlip"]:
+            r = res[p]
+            line += (f"{r['seconds']:>12.4f}{r.get('peak_rss_mb', float('nan')):>10.0f}{r.get('params', 0):>13d}"
+                     if "seconds" in r else f"{'error':>12}{'':>10}{'':>13}")
+        for p in peers:
+            ok = "seconds" in res[p] and "seconds" in res["mlip"]
+            line += f"{res[p]['seconds'] / res['mlip']['seconds']:>12.2f}x" if ok else f"{'n/a':>13}"
+        print(line)
+    for w, res in rows:
+        for p, r in res.items():
+            if "error" in r:
+                print(f"{w} {p}: {r['error']}")
+
+
+def main():
+    sys.path.insert(0, BENCH)
+    from workloads import WORKLOADS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workloads", nargs="*", help=f"default: all of {sorted(WORKLOADS)}")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compare", action="store_true", help="run the peers and mlip alternately, print ratios")
+    p.add_argument("--peers", nargs="+", default=["mace", "nequip"], choices=["mace", "nequip"])
+    args = p.parse_args()
+    workloads = args.workloads or sorted(WORKLOADS)
+    unknown = set(workloads) - set(WORKLOADS)
+    if unknown:
+        p.error(f"unknown workloads {sorted(unknown)}; choose from {sorted(WORKLOADS)}")
+    if args.compare:
+        compare(workloads, args.threads, args.repeats, args.peers)
+    elif len(workloads) == 1:
+        print(json.dumps(time_mlip(workloads[0], args.threads, args.repeats)), flush=True)
+    else:
+        for w in workloads:
+            print(json.dumps(run_child("mlip", w, args.threads, args.repeats)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
