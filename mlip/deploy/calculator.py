@@ -1,0 +1,201 @@
+"""ASE calculator for mlip models: a checkpoint, an exported ``.nequip.pth``, or a committee.
+
+    from mlip import MLIPCalculator
+    atoms.calc = MLIPCalculator("model.nequip.pth")          # or a checkpoint, device="cuda"
+    atoms.calc = MLIPCalculator(["m1.pth", "m2.pth", "m3.pth"])  # committee: mean, and std
+
+Every model is loaded (and, for checkpoints, wrapped) once, in ``__init__``; a call builds the
+neighbour list with :func:`mlip.data.neighbors.neighbor_list` and runs the model on exactly
+the inputs LAMMPS' ``pair_style nequip`` gives it (see :mod:`mlip.deploy.export`), so ASE and
+LAMMPS see the same numbers.
+
+Properties: ``energy`` and ``free_energy`` (eV), ``energies`` (per atom, eV), ``forces``
+(eV/A) and, for periodic cells, ``stress`` (eV/A^3, Voigt xx yy zz yz xz xy, ASE sign:
+positive = tensile, ``stress = -virial / V``). A committee reports the mean of its members
+and, in ``calc.results``, ``energy_std``, ``energies_std``, ``forces_std`` and ``stress_std``
+(population standard deviation over the members), plus each member's ``committee_energies``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from mlip.errors import InputError
+
+ModelSpec = Union[str, os.PathLike, torch.nn.Module]
+
+
+class LoadedModel:
+    """One model in contract form: ``module(dict) -> dict`` plus r_max, type names and dtype."""
+
+    def __init__(self, module, r_max: float, type_names: List[str], dtype: str, source: str,
+                 metadata: Optional[Dict[str, Any]] = None):
+        from mlip.data.graph import TypeMapper
+
+        self.module = module
+        self.r_max = float(r_max)
+        self.type_names = list(type_names)
+        self.dtype = dtype
+        self.source = source
+        self.metadata = metadata or {}
+        self.type_mapper = TypeMapper(self.type_names)
+
+
+def load_any(spec: ModelSpec, device: str = "cpu", dtype: Optional[str] = None, use_ema: bool = True,
+             script: bool = False) -> LoadedModel:
+    """Load a checkpoint / model file / exported TorchScript file / in-memory Potential."""
+    from mlip.deploy.export import LammpsModel, is_torchscript_file, load_exported, parse_metadata
+
+    if dtype is not None and dtype not in ("float32", "float64"):
+        raise InputError(f"dtype must be 'float32' or 'float64', got '{dtype}'")
+    if isinstance(spec, torch.nn.Module):
+        potential = spec
+        if not hasattr(potential, "energy_model"):
+            raise InputError("a model object must be an mlip Potential (with .energy_model, .type_names, .r_max)")
+        model_dtype = _param_dtype(potential)
+        if dtype is not None and dtype != model_dtype:
+            raise InputError(f"the model object is {model_dtype}; rebuild it to use {dtype}")
+        wrapper = LammpsModel(potential.energy_model, getattr(torch, model_dtype)).to(device).eval()
+        return LoadedModel(torch.jit.script(wrapper) if script else wrapper, potential.r_max,
+                           potential.type_names, model_dtype, "<model object>")
+    path = os.fspath(spec)
+    if not os.path.exists(path):
+        raise InputError("file not found", path)
+    if is_torchscript_file(path):
+        module, extra = load_exported(path, device)
+        meta = parse_metadata(extra)
+        if dtype is not None and dtype != meta["model_dtype"]:
+            raise InputError(f"exported model is {meta['model_dtype']}; export again with "
+                             f"`mlip export --dtype {dtype}` to run it in {dtype}", path)
+        return LoadedModel(module, meta["r_max"], meta["type_names"], meta["model_dtype"], path, meta)
+    # a checkpoint or model file (raises InputError if it is neither)
+    from mlip.checkpoint import build_from_record, load_file
+
+    obj = load_file(path)
+    record = dict(obj["model"])
+    if use_ema and obj.get("ema_state_dict") is not None:
+        record["state_dict"] = obj["ema_state_dict"]
+    model_dtype = dtype or str(record.get("dtype", "float32"))
+    backend = None if str(device).startswith("cuda") else "torch"
+    try:
+        potential = build_from_record(record, dtype=model_dtype, device=device, message_backend=backend)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"cannot rebuild the model ({type(exc).__name__}: {exc})", path) from None
+    potential.eval()
+    for p in potential.parameters():
+        p.requires_grad_(False)
+    wrapper = LammpsModel(potential.energy_model, getattr(torch, model_dtype)).to(device).eval()
+    module = torch.jit.script(wrapper) if script else wrapper
+    meta = {"config": dict(record["config"]), "model_dtype": model_dtype, "r_max": potential.r_max,
+            "type_names": list(record["type_names"])}
+    return LoadedModel(module, potential.r_max, record["type_names"], model_dtype, path, meta)
+
+
+def _param_dtype(module: torch.nn.Module) -> str:
+    for p in module.parameters():
+        if p.is_floating_point():
+            return str(p.dtype).replace("torch.", "")
+    return "float64"
+
+
+class MLIPCalculator(Calculator):
+    """ASE calculator for one mlip model or a committee of them.
+
+    Parameters
+    ----------
+    model:
+        path to an exported ``.nequip.pth``, an mlip checkpoint / model file, an mlip
+        ``Potential`` object, or a list of these (a committee).
+    device:
+        torch device, e.g. "cpu" or "cuda".
+    dtype:
+        "float32" or "float64" to rebuild checkpoints in that precision (default: the dtype
+        the model was trained in). Exported models have a fixed dtype; asking for another is
+        an error.
+    use_ema:
+        use the EMA weights of a checkpoint when present (default True).
+    script:
+        TorchScript-compile checkpoint models once at load (exported files are already).
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(self, model: Union[ModelSpec, Sequence[ModelSpec]], device: str = "cpu",
+                 dtype: Optional[str] = None, use_ema: bool = True, script: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        specs = list(model) if isinstance(model, (list, tuple)) else [model]
+        if not specs:
+            raise InputError("no model given")
+        self.device = torch.device(device)
+        self.models = [load_any(s, str(self.device), dtype, use_ema, script) for s in specs]
+        names = self.models[0].type_names
+        for m in self.models[1:]:
+            if m.type_names != names:
+                raise InputError(f"committee members disagree on type_names: {names} vs {m.type_names}", m.source)
+        self.type_names = names
+        self.r_max = max(m.r_max for m in self.models)
+
+    @property
+    def committee_size(self) -> int:
+        return len(self.models)
+
+    def inputs(self, atoms, model: LoadedModel) -> Dict[str, torch.Tensor]:
+        """The contract inputs (float64 pos/cell/shifts, int64 types/edges) for ``atoms``."""
+        from mlip.data.neighbors import neighbor_list
+
+        positions = np.asarray(atoms.positions, dtype=np.float64)
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        cell = np.asarray(atoms.cell.array, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
+        edge_index, shifts = neighbor_list(positions, cell, pbc, model.r_max)
+        types = model.type_mapper(atoms.numbers)
+        dev = self.device
+        return {
+            "pos": torch.as_tensor(positions, dtype=torch.float64, device=dev),
+            "edge_index": torch.as_tensor(edge_index, dtype=torch.long, device=dev),
+            "atom_types": torch.as_tensor(types, dtype=torch.long, device=dev),
+            "edge_cell_shift": torch.as_tensor(shifts, dtype=torch.float64, device=dev),
+            "cell": torch.as_tensor(cell, dtype=torch.float64, device=dev).view(1, 3, 3),
+        }
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        want_stress = "stress" in properties
+        periodic = bool(np.asarray(atoms.pbc).any())
+        volume = abs(float(np.linalg.det(atoms.cell.array))) if periodic else 0.0
+        if want_stress and volume <= 0.0:
+            raise PropertyNotImplementedError("stress needs a periodic cell with non-zero volume")
+        cache: Dict[float, Dict[str, torch.Tensor]] = {}
+        energies, atomic, forces, stresses = [], [], [], []
+        for model in self.models:
+            data = cache.get(model.r_max)
+            if data is None:
+                data = cache[model.r_max] = self.inputs(atoms, model)
+            out = model.module(data)
+            atomic.append(out["atomic_energy"].detach().view(-1).cpu().numpy().astype(np.float64))
+            energies.append(float(atomic[-1].sum()))
+            forces.append(out["forces"].detach().cpu().numpy().astype(np.float64))
+            if volume > 0.0:
+                virial = out["virial"].detach().view(3, 3).cpu().numpy().astype(np.float64)
+                s = -virial / volume
+                stresses.append(np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]))
+        results: Dict[str, Any] = {
+            "energy": float(np.mean(energies)),
+            "energies": np.mean(atomic, axis=0),
+            "forces": np.mean(forces, axis=0),
+        }
+        results["free_energy"] = results["energy"]
+        if stresses:
+            results["stress"] = np.mean(stresses, axis=0)
+        if len(self.models) > 1:
+            results["energy_std"] = float(np.std(energies))
+            results["energies_std"] = np.std(atomic, axis=0)
+            results["forces_std"] = np.std(forces, axis=0)
+            results["committee_energies"] = np.asarray(energies)
+            if stresses:
+                results["stress_std"] = np.std(stresses, axis=0)
+        self.results = results

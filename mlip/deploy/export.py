@@ -1,0 +1,285 @@
+"""TorchScript export that follows the LAMMPS ``pair_style nequip`` contract.
+
+The contract is the one of the maintained LAMMPS plugin ``pair_nequip_allegro``
+(github.com/mir-group/pair_nequip_allegro, files ``pair_nequip_allegro.cpp`` and
+``pair_nequip_allegro.h``; ``pair_style nequip`` is ``PairNequIPAllegro<true>``). What the
+plugin does, read from its source:
+
+Loading (``coeff``)
+    * ``pair_coeff * * MODEL.nequip.pth SYM1 SYM2 ...``: exactly one symbol per LAMMPS atom
+      type; the file name must end in ``.nequip.pth`` (TorchScript) or ``.nequip.pt2`` (AOT),
+      anything else is a runtime error.
+    * ``torch::jit::load(path, device, metadata)`` with the ``_extra_files`` keys ``r_max``,
+      ``per_edge_type_cutoff``, ``type_names``, ``num_types`` and ``allow_tf32``. A key that is
+      absent reads as an empty string. ``allow_tf32`` goes through ``std::stoi`` (an empty
+      string aborts), ``r_max`` through ``std::stod``, ``num_types`` through ``std::stod``;
+      ``type_names`` is split on whitespace and matched against the pair_coeff symbols to
+      build the LAMMPS-type -> model-type map. An empty ``per_edge_type_cutoff`` means one
+      cutoff ``r_max`` for all pairs (we do not write it).
+    * the module is put in ``eval()`` and, when it still has a ``training`` attribute,
+      ``torch::jit::freeze`` is applied; so the exported module must survive freezing.
+
+Neighbour list (``init_style``)
+    * a full list with ghosts (``REQ_FULL | REQ_GHOST``); ``newton_pair`` must be off
+      ("Pair style nequip requires newton pair off"); only one MPI rank is allowed in nequip
+      mode.
+
+Inputs (``preprocess``), one ``Dict[str, Tensor]``; ``inputtype`` is ``double``
+    * ``pos`` float64 [nlocal, 3]: local atoms only, stored at their LAMMPS index ``i``;
+    * ``atom_types`` int64 [nlocal]: model type index of each local atom;
+    * ``edge_index`` int64 [2, E]: for each local atom ``i`` and each neighbour ``j`` (local
+      or ghost) with ``r_ij^2 <= r_max^2`` (note ``<=``), row 0 is ``i`` and row 1 is
+      ``tag2i[tag[j]]``, the local index of the atom that owns ``j``. Both directions are
+      present (full list); an atom may be its own neighbour through a periodic image;
+    * ``edge_cell_shift`` float64 [E, 3]: ``round(inv(cell)^T (x[j] - x[owner(j)]))``, i.e. the
+      integer S with ``x[j] = pos[owner] + S @ cell``; so the edge vector is
+      ``pos[j] - pos[i] + edge_cell_shift @ cell``;
+    * ``cell`` float64 [1, 3, 3]: rows a = (lx, 0, 0), b = (xy, ly, 0), c = (xz, yz, lz)
+      (LAMMPS' lower-triangular box; positions are in that rotated frame);
+    * no ``batch``, no ``pbc``, no ``num_atoms``: the model must add what it needs.
+
+Outputs (``compute``), read with ``accessor<double, N>`` so they must be float64
+    * ``forces`` [nlocal, 3], added to ``f[i]`` for the local atoms;
+    * ``atomic_energy`` [nlocal, 1]: LAMMPS' energy ``eng_vdwl`` is their sum, and ``eatom``
+      (``compute pe/atom``) takes them per atom; ``total_energy`` is not read;
+    * ``virial`` [1, 3, 3] when LAMMPS asks for the virial: xx, yy, zz, xy, xz, yz are copied
+      into LAMMPS' ``virial[6]`` without a sign change, so it must be -dE/d(strain)
+      = sum_i r_i (x) f_i (LAMMPS' convention: pressure = virial / (3V) + kinetic part). Per-atom
+      virials are not supported by the plugin.
+
+We also write ``total_energy`` [1, 1] and our own metadata: ``mlip_version``, ``model_dtype``,
+``config`` (the architecture config as JSON), ``units`` ("metal": eV, Angstrom, eV/Angstrom)
+and ``format``.
+
+Precision: the wrapper builds edge vectors and the strain in float64 and casts the vectors to
+the model's dtype, so a float32 model loses nothing to large coordinates; atomic energies,
+forces and virial come back float64 (``atomic_energy`` is float64 already: the E0 shifts are
+kept in float64).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from torch import nn
+
+EXTENSION = ".nequip.pth"
+EXPORT_FORMAT = "mlip-lammps-1"
+# the keys the plugin reads; a missing key reads as ""
+PLUGIN_METADATA_KEYS = ("r_max", "per_edge_type_cutoff", "type_names", "num_types", "allow_tf32")
+MLIP_METADATA_KEYS = ("mlip_version", "model_dtype", "config", "units", "format")
+METADATA_KEYS = PLUGIN_METADATA_KEYS + MLIP_METADATA_KEYS
+
+
+class LammpsModel(nn.Module):
+    """Wrap an mlip energy model (the ``energy_model`` of a :class:`~mlip.nn.Potential`) so
+    that it takes and returns exactly the plugin's dictionaries.
+
+    Energy, forces and virial follow the same definition as :class:`mlip.nn.Potential`: a
+    symmetric strain eps deforms positions and cell, ``forces = -dE/dpos``,
+    ``virial = -dE/d(eps)``. Tests check the two agree to 1e-10 in float64.
+    """
+
+    def __init__(self, energy_model: nn.Module, model_dtype: torch.dtype):
+        super().__init__()
+        self.energy_model = energy_model
+        # the dtype the network computes in, as a buffer so TorchScript (and freezing) see it
+        self.register_buffer("dtype_probe", torch.zeros(0, dtype=model_dtype))
+
+    def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        f64 = torch.float64
+        pos = data["pos"].to(f64).detach().requires_grad_(True)
+        n = pos.shape[0]
+        device = pos.device
+        edge_index = data["edge_index"]
+        atom_types = data["atom_types"].to(torch.long).view(-1)
+        if "cell" in data:
+            cell = data["cell"].to(f64).view(1, 3, 3)
+        else:
+            cell = torch.zeros(1, 3, 3, dtype=f64, device=device)
+        if "edge_cell_shift" in data:
+            shifts = data["edge_cell_shift"].to(f64)
+        else:
+            shifts = torch.zeros(edge_index.shape[1], 3, dtype=f64, device=device)
+
+        strain = torch.zeros(1, 3, 3, dtype=f64, device=device).requires_grad_(True)
+        sym = 0.5 * (strain + strain.transpose(1, 2))
+        pos_s = pos + pos @ sym[0]
+        cell_s = cell + torch.bmm(cell, sym)
+        receiver, sender = edge_index[0], edge_index[1]
+        vectors = pos_s.index_select(0, sender) - pos_s.index_select(0, receiver) + shifts @ cell_s[0]
+
+        dtype = self.dtype_probe.dtype
+        inner: Dict[str, torch.Tensor] = {
+            "pos": pos_s.to(dtype),
+            "atom_types": atom_types,
+            "edge_index": edge_index,
+            "edge_cell_shift": shifts.to(dtype),
+            "cell": cell_s.to(dtype),
+            "batch": torch.zeros(n, dtype=torch.long, device=device),
+            "num_atoms": torch.full([1], n, dtype=torch.long, device=device),
+            "pbc": torch.ones(1, 3, dtype=torch.bool, device=device),
+            "edge_vectors": vectors.to(dtype),
+        }
+        out = self.energy_model(inner)
+        atomic_energy = out["atomic_energy"].to(f64).view(n, 1)
+        total = atomic_energy.sum().view(1, 1)
+        grads = torch.autograd.grad([total.sum()], [pos, strain], allow_unused=True)
+        g_pos = grads[0]
+        g_strain = grads[1]
+        forces = -g_pos if g_pos is not None else torch.zeros_like(pos)
+        virial = -g_strain if g_strain is not None else torch.zeros_like(strain)
+        return {
+            "atomic_energy": atomic_energy.detach(),
+            "total_energy": total.detach(),
+            "forces": forces.detach(),
+            "virial": virial.detach(),
+        }
+
+
+def make_metadata(record: Mapping[str, Any], dtype: str, allow_tf32: bool = False) -> Dict[str, str]:
+    """The ``_extra_files`` strings of an exported model (see the module docstring)."""
+    from mlip import __version__
+
+    config = dict(record["config"])
+    type_names = [str(t) for t in record["type_names"]]
+    for name in type_names:
+        if not name or any(c.isspace() for c in name):
+            raise ValueError(f"type name {name!r} cannot be written space-separated")
+    return {
+        "r_max": repr(float(config.get("r_max", 5.0))),
+        "type_names": " ".join(type_names),
+        "num_types": str(len(type_names)),
+        "allow_tf32": "1" if allow_tf32 else "0",
+        "mlip_version": __version__,
+        "model_dtype": dtype,
+        "config": json.dumps(config, sort_keys=True, default=_json_default),
+        "units": "metal",
+        "format": EXPORT_FORMAT,
+    }
+
+
+def _json_default(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def script_model(potential: nn.Module) -> torch.jit.ScriptModule:
+    """Script the contract wrapper around a built :class:`~mlip.nn.Potential` (eval mode,
+    parameters frozen: only positions and strain are differentiated)."""
+    dtype = next((p.dtype for p in potential.parameters() if p.is_floating_point()), torch.float32)
+    wrapper = LammpsModel(potential.energy_model, dtype).eval()
+    for p in wrapper.parameters():
+        p.requires_grad_(False)
+    return torch.jit.script(wrapper)
+
+
+def export_model(checkpoint: str, output: str, dtype: Optional[str] = None, use_ema: bool = True,
+                 allow_tf32: bool = False) -> Dict[str, str]:
+    """Export the model of an mlip checkpoint or model file as ``output`` (``*.nequip.pth``).
+
+    ``dtype`` ("float32" or "float64") rebuilds the network in that precision; the default is the
+    dtype it was trained in. EMA weights are used when present unless ``use_ema`` is False.
+    Returns the metadata written.
+    """
+    from mlip.checkpoint import build_from_record, load_file
+    from mlip.errors import InputError
+
+    if not output.endswith(EXTENSION):
+        raise InputError(f"the output file name must end in '{EXTENSION}' (LAMMPS pair_style nequip "
+                         "refuses other names)", output)
+    if dtype is not None and dtype not in ("float32", "float64"):
+        raise InputError(f"dtype must be float32 or float64, got '{dtype}'")
+    obj = load_file(checkpoint)
+    record = dict(obj["model"])
+    if use_ema and obj.get("ema_state_dict") is not None:
+        record["state_dict"] = obj["ema_state_dict"]
+    dtype = dtype or str(record.get("dtype", "float32"))
+    try:
+        potential = build_from_record(record, dtype=dtype, device="cpu", message_backend="torch")
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"cannot rebuild the model from its record ({type(exc).__name__}: {exc})",
+                         checkpoint) from None
+    potential.eval()
+    scripted = script_model(potential)
+    metadata = make_metadata(record, dtype, allow_tf32)
+    save_scripted(scripted, output, metadata)
+    return metadata
+
+
+def save_scripted(module: torch.jit.ScriptModule, path: str, metadata: Mapping[str, str]) -> None:
+    """``torch.jit.save`` with metadata, atomically (temporary file in the folder, then rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=EXTENSION, dir=folder)
+    os.close(fd)
+    try:
+        torch.jit.save(module, tmp, _extra_files={k: str(v) for k, v in metadata.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def is_torchscript_file(path: str) -> bool:
+    """True for a TorchScript archive (``torch.jit.save``), False for anything else."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except OSError:
+        return False
+    return any(n.endswith("/constants.pkl") or "/code/__torch__" in n for n in names)
+
+
+def load_exported(path: str, device: str = "cpu") -> tuple:
+    """Load an exported model: ``(module, metadata)``. Raises InputError for unusable files."""
+    from mlip.errors import InputError
+
+    if not os.path.exists(path):
+        raise InputError("file not found", path)
+    if not is_torchscript_file(path):
+        raise InputError("not a TorchScript model (expected a file written by `mlip export`)", path)
+    extra = {k: "" for k in METADATA_KEYS}
+    try:
+        module = torch.jit.load(path, map_location=device, _extra_files=extra)
+    except Exception as exc:
+        raise InputError(f"cannot load TorchScript model ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})", path) from None
+    # torch returns the contents as bytes
+    extra = {k: (v.decode("utf-8") if isinstance(v, (bytes, bytearray)) else str(v)) for k, v in extra.items()}
+    missing = [k for k in ("r_max", "type_names") if not extra.get(k)]
+    if missing:
+        raise InputError(f"TorchScript file lacks the metadata {missing} of the pair_style nequip contract", path)
+    module.eval()
+    return module, extra
+
+
+def parse_metadata(extra: Mapping[str, str]) -> Dict[str, Any]:
+    """Typed view of the metadata strings."""
+    config: Dict[str, Any] = {}
+    if extra.get("config"):
+        try:
+            config = json.loads(extra["config"])
+        except json.JSONDecodeError:
+            config = {}
+    type_names: List[str] = extra.get("type_names", "").split()
+    return {
+        "r_max": float(extra["r_max"]),
+        "type_names": type_names,
+        "num_types": int(float(extra["num_types"])) if extra.get("num_types") else len(type_names),
+        "allow_tf32": extra.get("allow_tf32", "") == "1",
+        "model_dtype": extra.get("model_dtype") or "float64",
+        "config": config,
+        "mlip_version": extra.get("mlip_version", ""),
+    }

@@ -1,0 +1,32 @@
+"""``mlip export CHECKPOINT -o NAME.nequip.pth``: a standalone TorchScript model for LAMMPS and ASE.
+
+The file follows the LAMMPS ``pair_style nequip`` contract (see :mod:`mlip.deploy.export`) and
+loads with plain ``torch.jit.load``; mlip is not needed to run it.
+"""
+import argparse
+
+from mlip.errors import InputError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="mlip checkpoint or model file")
+    p.add_argument("-o", "--output", required=True, help="output file, must end in .nequip.pth")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="precision of the exported network (default: the training precision)")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA weights")
+    p.add_argument("--allow-tf32", action="store_true",
+                   help="let LAMMPS use TF32 matmuls on Ampere+ GPUs (metadata allow_tf32=1; default 0)")
+
+
+def run(args) -> int:
+    from mlip.deploy.export import export_model
+
+    if not args.output.endswith(".nequip.pth"):
+        raise InputError("the output file name must end in '.nequip.pth' (LAMMPS pair_style nequip refuses "
+                         "other names)", args.output)
+    meta = export_model(args.checkpoint, args.output, dtype=args.dtype, use_ema=not args.no_ema,
+                        allow_tf32=args.allow_tf32)
+    print(f"wrote {args.output}: {meta['model_dtype']}, r_max {meta['r_max']} A, types {meta['type_names']}")
+    print(f"LAMMPS:  units metal / newton off / pair_style nequip / "
+          f"pair_coeff * * {args.output} <one of: {meta['type_names']} per LAMMPS type>")
+    return 0
