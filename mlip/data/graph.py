@@ -42,9 +42,14 @@ class TypeMapper:
 
 
 def frame_to_graph(frame: Frame, type_mapper: TypeMapper, r_max: float,
-                   dtype: torch.dtype = torch.float64) -> Graph:
-    """Build the radius graph of one frame and pack it, with its labels, as tensors."""
-    edge_index, shifts = neighbor_list(frame.positions, frame.cell, frame.pbc, r_max, frame.source)
+                   dtype: torch.dtype = torch.float64, edges: Optional[tuple] = None) -> Graph:
+    """Build the radius graph of one frame and pack it, with its labels, as tensors.
+
+    ``edges``: a precomputed (edge_index, shifts) for this ``r_max`` (e.g. from an HDF5 shard).
+    """
+    if edges is None:
+        edges = neighbor_list(frame.positions, frame.cell, frame.pbc, r_max, frame.source)
+    edge_index, shifts = edges
     n = len(frame)
     cell = frame.cell if frame.pbc.any() else np.zeros((3, 3))
     g: Graph = {

@@ -1,0 +1,322 @@
+"""Sharded HDF5 storage for large data sets, read lazily with bounded memory.
+
+A data set is a folder with ``manifest.json`` (shard list, frame counts, statistics) and
+shards ``shard_00000.h5``, ... Each shard stores its frames as flat, chunked arrays:
+
+    positions [A, 3] f8, numbers [A] i2, forces [A, 3] f8 (NaN rows where missing),
+    atom_ptr [F+1] i8 (frame f owns atoms atom_ptr[f]:atom_ptr[f+1]),
+    cell [F, 3, 3] f8, pbc [F, 3] bool, energy [F] f8 (NaN: missing), stress [F, 3, 3] f8 (NaN: missing)
+    optionally a precomputed radius graph: edge_index [2, Ed] i4 (frame-local), edge_shift [Ed, 3] i1,
+    edge_ptr [F+1] i8, with the cutoff in the shard attribute ``graph_r_max``.
+
+Values are in mlip units (eV, Angstrom, eV/A, eV/A^3). Only ``atom_ptr``/``edge_ptr`` of every
+shard are held in memory (16 bytes a frame); frames are read on demand, and each DataLoader
+worker opens its own file handles.
+"""
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mlip.data.frames import Frame
+from mlip.data.graph import Graph, TypeMapper, frame_to_graph
+from mlip.errors import InputError
+
+MANIFEST = "manifest.json"
+FORMAT = "mlip-hdf5-1"
+
+
+class StreamingStatistics:
+    """Statistics from one pass over the frames, in O(species^2) memory.
+
+    E0 per species by least squares (normal equations accumulated frame by frame), force RMS
+    (eV/A), mean number of neighbours within ``r_max`` (when graphs are built), counts.
+    """
+
+    def __init__(self, max_z: int = 119):
+        self.ata = np.zeros((max_z, max_z))
+        self.atb = np.zeros(max_z)
+        self.energy_frames = 0
+        self.force_sq_sum = 0.0
+        self.force_components = 0
+        self.edges = 0
+        self.atoms = 0
+        self.frames = 0
+        self.species = np.zeros(max_z, dtype=np.int64)
+
+    def add(self, frame: Frame, num_edges: Optional[int] = None) -> None:
+        counts = np.bincount(frame.numbers, minlength=self.ata.shape[0]).astype(np.float64)
+        self.species += counts.astype(np.int64)
+        self.frames += 1
+        self.atoms += len(frame)
+        if frame.energy is not None:
+            self.ata += np.outer(counts, counts)
+            self.atb += counts * frame.energy
+            self.energy_frames += 1
+        if frame.forces is not None:
+            self.force_sq_sum += float(np.sum(frame.forces ** 2))
+            self.force_components += frame.forces.size
+        if num_edges is not None:
+            self.edges += num_edges
+
+    def merge(self, other: "StreamingStatistics") -> None:
+        for name in ("ata", "atb", "species"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("energy_frames", "force_sq_sum", "force_components", "edges", "atoms", "frames"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def result(self) -> Dict[str, object]:
+        from ase.data import chemical_symbols
+
+        present = np.nonzero(self.species)[0]
+        e0: Dict[str, float] = {}
+        if self.energy_frames:
+            sub = self.ata[np.ix_(present, present)]
+            # tiny ridge: species that always appear in fixed ratios make the system singular
+            sol = np.linalg.lstsq(sub + 1e-8 * np.eye(len(present)), self.atb[present], rcond=None)[0]
+            e0 = {chemical_symbols[z]: float(v) for z, v in zip(present, sol)}
+        return {
+            "frames": self.frames,
+            "atoms": self.atoms,
+            "species": {chemical_symbols[z]: int(self.species[z]) for z in present},
+            "e0_least_squares": e0,
+            "force_rms": float(np.sqrt(self.force_sq_sum / self.force_components)) if self.force_components else None,
+            "avg_num_neighbors": self.edges / self.atoms if self.edges and self.atoms else None,
+        }
+
+
+@dataclass
+class _ShardBuffer:
+    positions: List[np.ndarray]
+    numbers: List[np.ndarray]
+    forces: List[np.ndarray]
+    cell: List[np.ndarray]
+    pbc: List[np.ndarray]
+    energy: List[float]
+    stress: List[np.ndarray]
+    edge_index: List[np.ndarray]
+    edge_shift: List[np.ndarray]
+
+    @classmethod
+    def empty(cls) -> "_ShardBuffer":
+        return cls(*([] for _ in range(9)))
+
+    def __len__(self) -> int:
+        return len(self.energy)
+
+
+def write_shards(frames: Iterable[Frame], out_dir: str, frames_per_shard: int = 10000,
+                 graph_r_max: Optional[float] = None, source: str = "") -> Dict[str, object]:
+    """Stream frames into shards and write the manifest; returns the manifest.
+
+    With ``graph_r_max`` the radius graph of every frame is stored too (and the average
+    neighbour count is part of the statistics).
+    """
+    import h5py
+
+    from mlip.data.neighbors import neighbor_list
+
+    os.makedirs(out_dir, exist_ok=True)
+    stats = StreamingStatistics()
+    shards: List[Dict[str, object]] = []
+    buf = _ShardBuffer.empty()
+
+    def flush():
+        nonlocal buf
+        if not len(buf):
+            return
+        name = f"shard_{len(shards):05d}.h5"
+        tmp = os.path.join(out_dir, f".{name}.tmp")
+        sizes = np.array([len(n) for n in buf.numbers])
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs["format"] = FORMAT
+            h5.create_dataset("positions", data=np.concatenate(buf.positions), chunks=True)
+            h5.create_dataset("numbers", data=np.concatenate(buf.numbers).astype(np.int16), chunks=True)
+            h5.create_dataset("forces", data=np.concatenate(buf.forces), chunks=True)
+            h5.create_dataset("atom_ptr", data=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+            h5.create_dataset("cell", data=np.stack(buf.cell))
+            h5.create_dataset("pbc", data=np.stack(buf.pbc))
+            h5.create_dataset("energy", data=np.array(buf.energy, dtype=np.float64))
+            h5.create_dataset("stress", data=np.stack(buf.stress))
+            if graph_r_max is not None:
+                h5.attrs["graph_r_max"] = float(graph_r_max)
+                edges = np.array([e.shape[1] for e in buf.edge_index])
+                h5.create_dataset("edge_index", data=np.concatenate(buf.edge_index, axis=1).astype(np.int32), chunks=True)
+                h5.create_dataset("edge_shift", data=np.concatenate(buf.edge_shift).astype(np.int8), chunks=True)
+                h5.create_dataset("edge_ptr", data=np.concatenate([[0], np.cumsum(edges)]).astype(np.int64))
+        os.replace(tmp, os.path.join(out_dir, name))  # a shard appears whole or not at all
+        shards.append({"file": name, "frames": len(buf)})
+        buf = _ShardBuffer.empty()
+
+    for frame in frames:
+        n = len(frame)
+        buf.positions.append(frame.positions)
+        buf.numbers.append(frame.numbers)
+        buf.forces.append(frame.forces if frame.forces is not None else np.full((n, 3), np.nan))
+        buf.cell.append(frame.cell if frame.pbc.any() else np.zeros((3, 3)))
+        buf.pbc.append(frame.pbc)
+        buf.energy.append(frame.energy if frame.energy is not None else np.nan)
+        buf.stress.append(frame.stress if frame.stress is not None else np.full((3, 3), np.nan))
+        num_edges = None
+        if graph_r_max is not None:
+            edge_index, shifts = neighbor_list(frame.positions, frame.cell, frame.pbc, graph_r_max, frame.source)
+            if np.abs(shifts).max(initial=0) > 127:
+                raise InputError("cell shift beyond int8 range; is the cell tiny compared with r_max?", frame.source)
+            buf.edge_index.append(edge_index)
+            buf.edge_shift.append(shifts)
+            num_edges = edge_index.shape[1]
+        stats.add(frame, num_edges)
+        if len(buf) >= frames_per_shard:
+            flush()
+    flush()
+    if not shards:
+        raise InputError("no structures to write", source or None)
+    manifest = {"format": FORMAT, "shards": shards, "graph_r_max": graph_r_max, "statistics": stats.result(),
+                "source": source}
+    tmp = os.path.join(out_dir, f".{MANIFEST}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(manifest, fh, indent=1)
+    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+    return manifest
+
+
+def read_manifest(path: str) -> Dict[str, object]:
+    file = os.path.join(path, MANIFEST) if os.path.isdir(path) else path
+    if not os.path.exists(file):
+        raise InputError(f"no {MANIFEST} (write one with `mlip preprocess`)", path)
+    with open(file) as fh:
+        try:
+            manifest = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"manifest is not valid JSON ({exc})", file) from None
+    if manifest.get("format") != FORMAT:
+        raise InputError(f"not an mlip HDF5 data set (format {manifest.get('format')!r})", file)
+    return manifest
+
+
+class HDF5Dataset(Dataset):
+    """Map-style dataset over the shards of one or more preprocessed folders.
+
+    ``skip_corrupt``: a frame that cannot be read is an error naming shard and index (default);
+    with True it is reported once on stderr and replaced by the next readable frame.
+    """
+
+    def __init__(self, folders: Sequence[str], type_names: Sequence[str], r_max: float,
+                 dtype: torch.dtype = torch.float64, skip_corrupt: bool = False):
+        import h5py  # noqa: F401  (fail early if missing)
+
+        self.type_mapper = TypeMapper(type_names)
+        self.r_max = float(r_max)
+        self.dtype = dtype
+        self.skip_corrupt = skip_corrupt
+        self.shard_paths: List[str] = []
+        counts: List[int] = []
+        self.graph_r_max: List[Optional[float]] = []
+        for folder in ([folders] if isinstance(folders, str) else folders):
+            manifest = read_manifest(folder)
+            base = folder if os.path.isdir(folder) else os.path.dirname(folder)
+            for shard in manifest["shards"]:
+                path = os.path.join(base, shard["file"])
+                if not os.path.exists(path):
+                    raise InputError("shard listed in the manifest is missing", path)
+                self.shard_paths.append(path)
+                counts.append(int(shard["frames"]))
+                self.graph_r_max.append(manifest.get("graph_r_max"))
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._files: Dict[int, object] = {}
+        self._pid = os.getpid()
+        self._ptrs: Dict[int, Dict[str, np.ndarray]] = {}
+        self._reported: set = set()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _file(self, shard: int):
+        import h5py
+
+        if self._pid != os.getpid():  # forked DataLoader worker: never share HDF5 handles
+            self._files, self._ptrs, self._pid = {}, {}, os.getpid()
+        if shard not in self._files:
+            path = self.shard_paths[shard]
+            try:
+                h5 = h5py.File(path, "r", rdcc_nbytes=1 << 20)
+                ptrs = {"atom_ptr": h5["atom_ptr"][()]}
+                if "edge_ptr" in h5:
+                    ptrs["edge_ptr"] = h5["edge_ptr"][()]
+            except Exception as exc:
+                raise InputError(f"cannot open shard ({type(exc).__name__}: {_first_line(exc)})", path) from None
+            self._files[shard], self._ptrs[shard] = h5, ptrs
+        return self._files[shard], self._ptrs[shard]
+
+    def locate(self, index: int):
+        shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return shard, int(index - self.offsets[shard])
+
+    def read_frame(self, index: int) -> Frame:
+        shard, local = self.locate(index)
+        h5, ptrs = self._file(shard)
+        a, b = int(ptrs["atom_ptr"][local]), int(ptrs["atom_ptr"][local + 1])
+        try:
+            energy = float(h5["energy"][local])
+            stress = h5["stress"][local]
+            forces = h5["forces"][a:b]
+            frame = Frame(positions=h5["positions"][a:b], numbers=h5["numbers"][a:b].astype(np.int64),
+                          cell=h5["cell"][local], pbc=h5["pbc"][local].astype(bool),
+                          energy=None if np.isnan(energy) else energy,
+                          forces=None if np.isnan(forces).any() else forces,
+                          stress=None if np.isnan(stress).any() else stress,
+                          source=f"{self.shard_paths[shard]}:{local}")
+        except Exception as exc:
+            raise InputError(f"cannot read frame ({type(exc).__name__}: {_first_line(exc)})",
+                             self.shard_paths[shard], local) from None
+        if b <= a or not np.all(np.isfinite(frame.positions)):
+            raise InputError("frame has no atoms or non-finite positions", self.shard_paths[shard], local, "positions")
+        return frame
+
+    def __getitem__(self, index: int) -> Graph:
+        for attempt in range(len(self)):
+            i = (index + attempt) % len(self)
+            try:
+                return self._graph(i)
+            except InputError as exc:
+                if not self.skip_corrupt:
+                    raise
+                if str(exc) not in self._reported:
+                    self._reported.add(str(exc))
+                    import sys
+                    print(f"mlip: skipping unreadable frame: {exc}", file=sys.stderr)
+        raise InputError("no readable frame in any shard", self.shard_paths[0])
+
+    def _graph(self, index: int) -> Graph:
+        frame = self.read_frame(index)
+        shard, local = self.locate(index)
+        stored = self.graph_r_max[shard]
+        if stored is not None and abs(stored - self.r_max) < 1e-12:
+            h5, ptrs = self._file(shard)
+            a, b = int(ptrs["edge_ptr"][local]), int(ptrs["edge_ptr"][local + 1])
+            edge_index = h5["edge_index"][:, a:b].astype(np.int64)
+            shifts = h5["edge_shift"][a:b].astype(np.int64)
+            return frame_to_graph(frame, self.type_mapper, self.r_max, self.dtype, edges=(edge_index, shifts))
+        return frame_to_graph(frame, self.type_mapper, self.r_max, self.dtype)
+
+    def __getstate__(self):  # DataLoader workers (spawn) get no open handles
+        state = dict(self.__dict__)
+        state["_files"], state["_ptrs"] = {}, {}
+        return state
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def iter_frames(paths: Sequence[str], **read_kwargs) -> Iterator[Frame]:
+    """Frames of several files one file at a time (memory: one file's frames)."""
+    from mlip.data.frames import read_frames
+
+    for path in paths:
+        yield from read_frames(path, **read_kwargs)
