@@ -1,0 +1,166 @@
+"""The MACE architecture (Batatia et al., 2022): higher body order in each layer through the
+symmetric contraction of an atomic basis, with few message-passing layers.
+
+Per layer t, for node i of species z_i with features h_i (irreps ``irreps_in``):
+
+1. A-basis: A_i = Linear( (1/avg_num_neighbors) sum_j R_t(r_ij) * (Y(r_ij) (x) Linear(h_j)) ),
+   the channel-wise tensor product of neighbour features with the edge harmonics, weighted per
+   path and channel by a radial MLP (the shared :class:`MessagePassing` op, so the fused kernel
+   applies), restricted to the harmonics' irreps (0e, 1o, 2e, 3o with parity);
+2. product basis: B_i = SymmetricContraction(A_i, z_i), species-dependent, body order
+   correlation + 1 (U tensors from :mod:`mlip.nn.cg_coupling`, built once);
+3. update: h_i' = Linear(B_i) + SpeciesLinear(h_i, z_i) (residual; not in the first layer,
+   whose input is only the species embedding);
+4. readout: a linear map of the scalars of h_i' (an MLP in the last layer, as MACE; linear
+   everywhere with ``nonlinear_readout: false``).
+
+E_i = scale[z_i] * sum_t readout_t(h_i^t) + shift[z_i] (the shifts are the E0s). Hidden
+features carry ``channels`` channels of the irreps l <= ``max_L`` of natural parity (0e, 1o,
+2e, ...; all even without ``parity``); the last layer only computes scalars.
+"""
+
+import math
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from mlip.data import keys as K
+from mlip.nn.build import register_architecture
+from mlip.nn.irreps import Irrep, e3nn_irreps, sh_irreps
+from mlip.nn.linear import IrrepsLinear, SpeciesLinear
+from mlip.nn.nequip import SpeciesEmbedding
+from mlip.nn.radial import RadialEmbedding, RadialMLP
+from mlip.nn.readout import ScalarReadout, ScaleShift
+from mlip.nn.spherical_harmonics import SphericalHarmonics
+from mlip.nn.symmetric_contraction import SymmetricContraction, reachable_outputs
+from mlip.ops.message import MessagePassing
+from mlip.ops.tensor_product import TensorProductSpec, reachable_irreps
+
+
+class LinearReadout(nn.Module):
+    """Even scalars [N, C] -> [N, 1], linear."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(channels, 1))
+        self.scale = 1.0 / math.sqrt(channels)
+        self.irreps_in = f"{channels}x0e"
+        self.irreps_out = "1x0e"
+
+    def forward(self, scalars: torch.Tensor) -> torch.Tensor:
+        return scalars @ (self.weight * self.scale)
+
+
+class MACELayer(nn.Module):
+    """One MACE interaction + product + update + readout: (h, z, edges) -> (h', e_t [N, 1])."""
+
+    def __init__(self, irreps_in: Sequence[Irrep], irreps_sh: Sequence[Irrep], target_irreps: Sequence[Irrep],
+                 channels: int, correlation: int, num_types: int, num_basis: int, radial_hidden: int,
+                 radial_depth: int, avg_num_neighbors: float, residual: bool, readout: nn.Module,
+                 backend: str = "auto"):
+        super().__init__()
+        irreps_in = list(irreps_in)
+        # atomic basis: the harmonics' irreps that the tensor product reaches
+        a_irreps = reachable_irreps(irreps_in, irreps_sh, list(irreps_sh))
+        spec = TensorProductSpec(irreps_in, list(irreps_sh), a_irreps)
+        self.linear_up = IrrepsLinear(irreps_in, irreps_in, channels, channels)
+        self.message = MessagePassing(spec, channels, backend)
+        self.radial_mlp = RadialMLP(num_basis, radial_hidden, radial_depth, spec.num_paths, channels)
+        self.linear_a = IrrepsLinear(spec.irreps_out, a_irreps, channels, channels)
+        out_irreps = reachable_outputs(a_irreps, target_irreps, correlation)
+        if not out_irreps or out_irreps[0] != (0, 1):
+            raise ValueError(f"MACE layer: the product basis of {a_irreps} must reach 0e first, got {out_irreps}")
+        self.product = SymmetricContraction(a_irreps, out_irreps, channels, correlation, num_types)
+        self.linear_out = IrrepsLinear(out_irreps, out_irreps, channels, channels)
+        self.residual: Optional[SpeciesLinear] = (SpeciesLinear(irreps_in, out_irreps, channels, channels, num_types)
+                                                  if residual else None)
+        self.readout = readout
+        self.inv_avg_num_neighbors = 1.0 / float(avg_num_neighbors)
+        self.a_irreps_list = a_irreps
+        self.out_irreps_list = out_irreps
+        self.irreps_in = e3nn_irreps(irreps_in, channels)
+        self.irreps_out = e3nn_irreps(out_irreps, channels)
+
+    def atomic_basis(self, x: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor,
+                     edge_index: torch.Tensor) -> torch.Tensor:
+        h = self.linear_up(x)
+        weights = self.radial_mlp(edge_radial)
+        msg = self.message(h, edge_sh, weights, edge_index) * self.inv_avg_num_neighbors
+        return self.linear_a(msg)
+
+    def forward(self, x: torch.Tensor, atom_types: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor,
+                edge_index: torch.Tensor):
+        a = self.atomic_basis(x, edge_sh, edge_radial, edge_index)
+        h = self.linear_out(self.product(a, atom_types))
+        residual = self.residual
+        if residual is not None:
+            h = h + residual(x, atom_types)
+        return h, self.readout(h[:, 0, :])
+
+
+class MACEModel(nn.Module):
+    """Per-atom energies of a MACE network.
+
+    Hyperparameters: ``num_interactions`` layers of ``channels`` channels per irrep; hidden
+    irreps up to ``max_L``; edge harmonics (and the A-basis) up to ``l_max``; symmetric
+    contraction of order ``correlation`` (body order correlation + 1 per layer); ``num_bessel``
+    radial functions within ``r_max`` (Angstrom) with a polynomial envelope of order
+    ``cutoff_p``; radial MLPs of ``radial_depth`` layers of ``radial_hidden`` units; last-layer
+    readout MLP of ``readout_hidden`` units (``nonlinear_readout``; otherwise linear).
+    """
+
+    def __init__(self, num_types: int, r_max: float = 5.0, num_interactions: int = 2, channels: int = 32,
+                 max_L: int = 1, l_max: int = 3, correlation: int = 3, parity: bool = True, num_bessel: int = 8,
+                 cutoff_p: int = 5, radial_hidden: int = 64, radial_depth: int = 3, readout_hidden: int = 16,
+                 nonlinear_readout: bool = True, avg_num_neighbors: float = 10.0,
+                 atomic_energy_scales: Union[Sequence[float], float] = 1.0,
+                 atomic_energy_shifts: Union[Sequence[float], float] = 0.0, message_backend: str = "auto"):
+        super().__init__()
+        if num_interactions < 1:
+            raise ValueError("num_interactions must be at least 1")
+        if not 1 <= correlation <= 3:
+            raise ValueError(f"correlation must be 1, 2 or 3, got {correlation}")
+        if not 0 <= max_L <= l_max:
+            raise ValueError(f"max_L must be between 0 and l_max={l_max}, got {max_L}")
+        self.r_max = float(r_max)
+        self.embedding = SpeciesEmbedding(num_types, channels)
+        self.radial = RadialEmbedding(r_max, num_bessel, cutoff_p)
+        self.sh = SphericalHarmonics(l_max)
+        irreps_sh = sh_irreps(l_max, parity)
+        hidden = sh_irreps(max_L, parity)  # natural parity: 0e, 1o, 2e, ... (all even for SO(3))
+        layers: List[MACELayer] = []
+        irreps: List[Irrep] = [(0, 1)]
+        for t in range(num_interactions):
+            last = t == num_interactions - 1
+            target = [(0, 1)] if last else hidden
+            readout: nn.Module = (ScalarReadout(channels, readout_hidden) if last and nonlinear_readout
+                                  else LinearReadout(channels))
+            layer = MACELayer(irreps, irreps_sh, target, channels, correlation, num_types, num_bessel, radial_hidden,
+                              radial_depth, avg_num_neighbors, residual=t > 0, readout=readout,
+                              backend=message_backend)
+            irreps = layer.out_irreps_list
+            layers.append(layer)
+        self.layers = nn.ModuleList(layers)
+        self.scale_shift = ScaleShift(num_types, atomic_energy_scales, atomic_energy_shifts)
+        self.irreps_out = "1x0e"
+
+    def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        atom_types = data[K.ATOM_TYPES]
+        edge_index = data[K.EDGE_INDEX]
+        vectors = data[K.EDGE_VECTORS]
+        lengths = torch.linalg.vector_norm(vectors, dim=-1)
+        edge_sh = self.sh(vectors)
+        edge_radial = self.radial(lengths)
+        x = self.embedding(atom_types)
+        energy = torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
+        for layer in self.layers:
+            x, e = layer(x, atom_types, edge_sh, edge_radial, edge_index)
+            energy = energy + e
+        data[K.ATOMIC_ENERGY] = self.scale_shift(energy, atom_types)
+        return data
+
+
+@register_architecture("mace")
+def _build_mace(num_types: int, **hp) -> torch.nn.Module:
+    return MACEModel(num_types=num_types, **hp)
