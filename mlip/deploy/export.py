@@ -196,6 +196,9 @@ def export_model(checkpoint: str, output: str, dtype: Optional[str] = None, use_
                          "refuses other names)", output)
     if dtype is not None and dtype not in ("float32", "float64"):
         raise InputError(f"dtype must be float32 or float64, got '{dtype}'")
+    if os.path.exists(checkpoint) and is_torchscript_file(checkpoint):
+        raise InputError("this is an exported TorchScript model, not a checkpoint; export from the "
+                         "checkpoint or model file written by training", checkpoint)
     obj = load_file(checkpoint)
     record = dict(obj["model"])
     if use_ema and obj.get("ema_state_dict") is not None:
