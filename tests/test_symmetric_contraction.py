@@ -18,7 +18,7 @@ from e3nn.util.test import assert_equivariant
 from scipy.spatial.transform import Rotation
 
 from mlip.nn.cg_coupling import coupling_basis
-from mlip.nn.irreps import from_e3nn, hidden_irreps, irreps_dim, sh_irreps, to_e3nn, wigner_D
+from mlip.nn.irreps import from_e3nn, hidden_irreps, irreps_dim, irreps_slices, sh_irreps, to_e3nn, wigner_D
 from mlip.nn.symmetric_contraction import SymmetricContraction, reachable_outputs
 
 C = 3
@@ -163,34 +163,41 @@ def test_symmetric_in_its_inputs(nu):
     types = torch.tensor([0, 1, 1, 0, 1])
     d = irreps_dim(irreps_in)
     xs = [torch.randn(len(types), d, C) for _ in range(nu)]
-    for con in sc.contractions:
-        ref = con.multilinear(xs, types, nu)
-        assert float(ref.abs().max()) > 1e-3  # every output irrep has an order-nu path here
-        for perm in itertools.permutations(range(nu)):
-            torch.testing.assert_close(con.multilinear([xs[p] for p in perm], types, nu), ref, rtol=0, atol=1e-12)
-        # a generic (non-symmetric) trilinear map would not pass: check the test can fail
-        if nu >= 2:
-            y = [xs[0] + xs[1]] + xs[1:]  # not a permutation: must differ
-            assert float((con.multilinear(y, types, nu) - ref).abs().max()) > 1e-6
+    ref = sc.multilinear(xs, types, nu)
+    for a, b in irreps_slices(irreps_out):
+        assert float(ref[:, a:b].abs().max()) > 1e-3  # every output irrep has an order-nu path here
+    for perm in itertools.permutations(range(nu)):
+        torch.testing.assert_close(sc.multilinear([xs[p] for p in perm], types, nu), ref, rtol=0, atol=1e-12)
+    # not a permutation of the inputs: must differ (the comparison can fail)
+    y = [xs[0] + xs[1]] + xs[1:]
+    assert float((sc.multilinear(y, types, nu) - ref).abs().max()) > 1e-6
 
 
-def test_forward_is_sum_of_multilinear_terms_per_species():
-    """The Horner evaluation, species by species, equals sum_nu T(A, ..., A) with each node's
-    own species weights (the multilinear reference gathers weights per node)."""
-    irreps_in = sh_irreps(2, True)
-    sc = SymmetricContraction(irreps_in, sh_irreps(2, True), C, 3, num_types=3)
+@torch.no_grad()
+@pytest.mark.parametrize("irreps_in,irreps_out,correlation", MODULE_CASES)
+def test_forward_equals_dense_definition(irreps_in, irreps_out, correlation):
+    """The compressed evaluation (sorted monomials, per-species matmuls) equals
+    sum_nu T(A, ..., A) computed with the dense U and each node's own species weights."""
+    irreps_out = reachable_outputs(irreps_in, irreps_out, correlation)
+    sc = SymmetricContraction(irreps_in, irreps_out, C, correlation, num_types=3)
     types = torch.tensor([2, 0, 1, 2, 2, 0])
     a = torch.randn(len(types), irreps_dim(irreps_in), C)
-    ref = torch.cat([sum(con.multilinear([a] * nu, types, nu) for nu in (1, 2, 3)) for con in sc.contractions], 1)
-    torch.testing.assert_close(sc(a, types), ref, rtol=1e-12, atol=1e-12)
-    # homogeneity: scaling A by s scales the order-nu term by s^nu (so orders 1..3 are all present)
-    con = sc.contractions[0]
-    s = 2.0
-    expected = sum(s ** nu * con.multilinear([a] * nu, types, nu) for nu in (1, 2, 3))
-    torch.testing.assert_close(con(s * a, types), expected, rtol=1e-12, atol=1e-12)
-    # a node's output depends only on its own species' weights
+    terms = [sc.multilinear([a] * nu, types, nu) for nu in range(1, correlation + 1)]
+    out = sc(a, types)
+    torch.testing.assert_close(out, sum(terms), rtol=1e-12, atol=1e-12)
+    # homogeneity: A -> s A scales the order-nu term by s^nu (every order contributes)
+    s = 1.7
+    torch.testing.assert_close(sc(s * a, types), sum(s ** (nu + 1) * t for nu, t in enumerate(terms)),
+                               rtol=1e-12, atol=1e-12)
+    assert all(float(t.abs().max()) > 1e-6 for t in terms)
+    # a node's output depends only on its own species' weights and its own A
     single = torch.cat([sc(a[i:i + 1], types[i:i + 1]) for i in range(len(types))])
-    torch.testing.assert_close(single, sc(a, types), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(single, out, rtol=1e-12, atol=1e-12)
+    # and the weights of a species really matter
+    sc.weight[2] += 1.0
+    changed = sc(a, types)
+    assert float((changed[types == 2] - out[types == 2]).abs().max()) > 1e-6
+    torch.testing.assert_close(changed[types != 2], out[types != 2], rtol=0, atol=0)
 
 
 def test_symmetric_contraction_scripts_and_matches_eager():
