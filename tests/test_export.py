@@ -172,3 +172,23 @@ def test_bad_inputs_give_one_line_errors(files, tmp_path, capsys):
     assert main(["export", files["x64"], "-o", str(tmp_path / "x.nequip.pth")]) == 2
     assert "checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "x.nequip.pth").exists()
+
+
+def test_mace_export_equals_python_model(tmp_path):
+    from mlip.checkpoint import load_model
+    from mlip.deploy.export import export_model
+    from mlip.nn.build import ARCHITECTURES, _load_optional_architectures
+
+    _load_optional_architectures()
+    if "mace" not in ARCHITECTURES:
+        pytest.skip("MACE architecture not available")
+    config = dict(architecture="mace", r_max=3.5, num_interactions=2, channels=4, max_L=1, l_max=2, correlation=2,
+                  num_bessel=4, radial_hidden=8, radial_depth=2, readout_hidden=4, avg_num_neighbors=8.0)
+    ck = make_checkpoint(tmp_path / "mace.pth", config=config, seed=1)
+    x = str(tmp_path / "mace.nequip.pth")
+    export_model(ck, x)
+    ref, g = python_model_outputs(load_model(ck), triclinic())
+    out = torch.jit.load(x)(contract_inputs(g))
+    torch.testing.assert_close(out["forces"], ref["forces"], atol=1e-10, rtol=0)
+    torch.testing.assert_close(out["virial"], ref["virial"], atol=1e-10, rtol=0)
+    torch.testing.assert_close(out["atomic_energy"], ref["atomic_energy"], atol=1e-10, rtol=0)
