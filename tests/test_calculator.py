@@ -30,13 +30,13 @@ def test_import_from_package():
     assert {"energy", "free_energy", "energies", "forces", "stress"} <= set(C.implemented_properties)
 
 
-@pytest.mark.parametrize("source", ["ck", "x"])
-def test_calculator_equals_model(files, source):
+@pytest.mark.parametrize("source,script", [("ck", False), ("ck", True), ("x", False)])
+def test_calculator_equals_model(files, source, script):
     from mlip import MLIPCalculator
     from mlip.checkpoint import load_model
 
     model = load_model(files["ck"])
-    calc = MLIPCalculator(files[source])
+    calc = MLIPCalculator(files[source], script=script)
     for atoms in (triclinic(seed=2), molecule(seed=3)):
         ref, _ = python_model_outputs(model, atoms)
         atoms.calc = calc
