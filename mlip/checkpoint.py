@@ -44,10 +44,28 @@ def atomic_save(obj: Any, path: str) -> None:
         raise
 
 
+def is_torchscript_file(path: str) -> bool:
+    """True for a TorchScript archive (``torch.jit.save``), False for anything else."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except OSError:
+        return False
+    return any(n.endswith("/constants.pkl") or "/code/__torch__" in n for n in names)
+
+
 def load_file(path: str, map_location: str = "cpu") -> Dict[str, Any]:
     """Load an mlip checkpoint or model file safely (no pickled code is executed)."""
     if not os.path.exists(path):
         raise InputError("file not found", path)
+    if is_torchscript_file(path):
+        # torch.load would hand a TorchScript archive to torch.jit.load, which runs its code
+        raise InputError("this is an exported TorchScript model, not a checkpoint; use it with "
+                         "MLIPCalculator or LAMMPS, or export again from the checkpoint", path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:

@@ -60,3 +60,11 @@ def test_wrong_format_named(tmp_path):
     torch.save({"weights": torch.ones(1)}, str(path))
     with pytest.raises(InputError, match="x.pt: not an mlip checkpoint"):
         load_file(str(path))
+
+
+def test_exported_torchscript_is_refused_before_loading(tmp_path):
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    path = str(tmp_path / "m.nequip.pth")
+    torch.jit.save(scripted, path)
+    with pytest.raises(InputError, match="exported TorchScript model, not a checkpoint"):
+        load_file(path)

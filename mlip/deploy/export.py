@@ -66,6 +66,8 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
+from mlip.checkpoint import is_torchscript_file  # noqa: F401  (re-exported for the calculator)
+
 EXTENSION = ".nequip.pth"
 EXPORT_FORMAT = "mlip-lammps-1"
 # the keys the plugin reads; a missing key reads as ""
@@ -229,20 +231,6 @@ def save_scripted(module: torch.jit.ScriptModule, path: str, metadata: Mapping[s
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def is_torchscript_file(path: str) -> bool:
-    """True for a TorchScript archive (``torch.jit.save``), False for anything else."""
-    import zipfile
-
-    try:
-        if not zipfile.is_zipfile(path):
-            return False
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except OSError:
-        return False
-    return any(n.endswith("/constants.pkl") or "/code/__torch__" in n for n in names)
 
 
 def load_exported(path: str, device: str = "cpu") -> tuple:
