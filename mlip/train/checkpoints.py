@@ -1,0 +1,106 @@
+"""Training checkpoints: numbered files written atomically, the newest readable one resumed.
+
+Files are ``<run>/checkpoints/ckpt-<global step>-e<epoch>.pt``; the ``keep`` newest are kept.
+Each is a plain dict (tensors, numbers, strings, lists, dicts) read with
+``torch.load(weights_only=True)`` through :func:`mlip.checkpoint.load_file`. A file that does
+not load (truncated by a full disk, say) is renamed ``*.corrupt`` and the previous one is used.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from mlip.checkpoint import atomic_save, load_file
+from mlip.errors import InputError
+
+_NAME = re.compile(r"^ckpt-(\d+)-e(\d+)\.pt$")
+REQUIRED = ("model", "optimizer", "epoch", "step_in_epoch", "global_step", "rng", "config", "statistics")
+
+
+class CheckpointDir:
+    """The checkpoints of one run."""
+
+    def __init__(self, folder: str, keep: int = 2):
+        self.folder = folder
+        self.keep = max(1, int(keep))
+
+    def path_for(self, global_step: int, epoch: int) -> str:
+        return os.path.join(self.folder, f"ckpt-{global_step:010d}-e{epoch:05d}.pt")
+
+    def list(self) -> List[str]:
+        """Checkpoint paths, oldest first."""
+        paths = [p for p in glob.glob(os.path.join(self.folder, "ckpt-*.pt")) if _NAME.match(os.path.basename(p))]
+        return sorted(paths)
+
+    def save(self, obj: Dict[str, Any], global_step: int, epoch: int) -> str:
+        """Write atomically (temporary file, fsync, rename), then drop all but the newest ``keep``."""
+        path = self.path_for(global_step, epoch)
+        atomic_save(obj, path)
+        for old in self.list()[:-self.keep]:
+            if old != path:
+                try:
+                    os.unlink(old)
+                except FileNotFoundError:
+                    pass
+        return path
+
+    def load_latest(self, log: Callable[[str], None] = print) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+        """The newest checkpoint that loads and has every training entry, or (None, None)."""
+        # temporary files of a write that was killed midway are never valid checkpoints
+        for tmp in glob.glob(os.path.join(self.folder, ".tmp-*")):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        for path in reversed(self.list()):
+            try:
+                obj = load_file(path)
+                missing = [k for k in REQUIRED if k not in obj]
+                if missing:
+                    raise InputError(f"not a training checkpoint (missing {missing})", path)
+            except InputError as exc:
+                log(f"warning: skipping unreadable checkpoint ({exc}); renamed to {os.path.basename(path)}.corrupt "
+                    "and trying the previous one")
+                os.replace(path, path + ".corrupt")
+                continue
+            return obj, path
+        return None, None
+
+
+# --- random number generator states as tensors (weights_only-loadable) -----------------------
+
+def rng_state() -> Dict[str, Any]:
+    """torch, CUDA, numpy and Python RNG states as tensors and numbers."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss_next"]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)

@@ -1,0 +1,132 @@
+"""Errors of a model on a set of structures: metrics, a per-structure CSV and parity plots.
+
+Shared by validation during training, the test sets scored after training, and
+``mlip evaluate``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mlip.data import keys as K
+from mlip.data.frames import Frame
+from mlip.data.graph import Graph
+from mlip.train.data import iterate_batches
+from mlip.train.metrics import ErrorAccumulator
+
+
+@dataclass
+class Predictions:
+    """Per-structure and per-component references and predictions (base units, float64)."""
+
+    metrics: Dict[str, float]
+    rows: List[Dict[str, object]] = field(default_factory=list)
+    energy: List[np.ndarray] = field(default_factory=lambda: [np.zeros(0), np.zeros(0)])  # per atom
+    forces: List[np.ndarray] = field(default_factory=lambda: [np.zeros(0), np.zeros(0)])
+    stress: List[np.ndarray] = field(default_factory=lambda: [np.zeros(0), np.zeros(0)])
+
+
+def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.get_default_dtype()
+
+
+def predict(model: torch.nn.Module, graphs: Sequence[Graph], batch_size: int, device: torch.device,
+            compute_stress: bool, frames: Optional[Sequence[Frame]] = None, keep: bool = False,
+            loss_fn=None) -> Predictions:
+    """Run ``model`` over ``graphs`` in file order. With ``keep``, per-structure rows and the
+    arrays for parity plots are kept as well; ``loss_fn(out, batch) -> loss`` adds a mean loss."""
+    dtype = _model_dtype(model)
+    acc = ErrorAccumulator()
+    result = Predictions(metrics={})
+    e_ref, e_pred, f_ref, f_pred, s_ref, s_pred = [], [], [], [], [], []
+    for idx, batch in iterate_batches(graphs, batch_size, device, dtype):
+        with torch.enable_grad():  # forces and stress are gradients
+            out = model(batch, compute_forces=True, compute_stress=compute_stress, training=False)
+        out = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in out.items()}
+        acc.update(out, batch)
+        if loss_fn is not None:
+            loss, _ = loss_fn(out, batch)
+            acc.add_loss(float(loss), len(idx))
+        if not keep:
+            continue
+        n = batch[K.NUM_ATOMS].cpu().numpy()
+        e_w = batch[K.ENERGY_WEIGHT].cpu().numpy() > 0
+        f_w = batch[K.FORCES_WEIGHT].cpu().numpy() > 0
+        s_w = batch[K.STRESS_WEIGHT].cpu().numpy() > 0
+        energy = out[K.TOTAL_ENERGY].to(torch.float64).cpu().numpy()
+        ref_e = batch[K.REF_ENERGY].to(torch.float64).cpu().numpy()
+        forces = out[K.FORCES].to(torch.float64).cpu().numpy()
+        ref_f = batch[K.REF_FORCES].to(torch.float64).cpu().numpy()
+        stress = out[K.STRESS].to(torch.float64).cpu().numpy() if K.STRESS in out else None
+        ref_s = batch[K.REF_STRESS].to(torch.float64).cpu().numpy()
+        atom_batch = batch[K.BATCH].cpu().numpy()
+        e_ref.append((ref_e / n)[e_w])
+        e_pred.append((energy / n)[e_w])
+        f_ref.append(ref_f[f_w].ravel())
+        f_pred.append(forces[f_w].ravel())
+        if stress is not None:
+            s_ref.append(ref_s[s_w].ravel())
+            s_pred.append(stress[s_w].ravel())
+        for b, i in enumerate(idx):
+            row: Dict[str, object] = {"index": i, "source": frames[i].source if frames is not None else str(i),
+                                      "num_atoms": int(n[b])}
+            row["energy_ref_eV"] = float(ref_e[b]) if e_w[b] else math.nan
+            row["energy_pred_eV"] = float(energy[b])
+            row["energy_error_meV_per_atom"] = (1e3 * float(energy[b] - ref_e[b]) / n[b]) if e_w[b] else math.nan
+            mask = (atom_batch == b) & f_w
+            if mask.any():
+                d = forces[mask] - ref_f[mask]
+                row["forces_mae_meV_A"] = 1e3 * float(np.mean(np.abs(d)))
+                row["forces_rmse_meV_A"] = 1e3 * float(np.sqrt(np.mean(d ** 2)))
+            else:
+                row["forces_mae_meV_A"] = row["forces_rmse_meV_A"] = math.nan
+            if stress is not None and s_w[b]:
+                d = stress[b] - ref_s[b]
+                row["stress_rmse_meV_A3"] = 1e3 * float(np.sqrt(np.mean(d ** 2)))
+            else:
+                row["stress_rmse_meV_A3"] = math.nan
+            result.rows.append(row)
+    result.metrics = acc.result()
+    if keep:
+        cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
+        result.energy = [cat(e_ref), cat(e_pred)]
+        result.forces = [cat(f_ref), cat(f_pred)]
+        result.stress = [cat(s_ref), cat(s_pred)]
+    return result
+
+
+def write_outputs(pred: Predictions, out_dir: str, name: str) -> Dict[str, str]:
+    """Per-structure CSV, metrics JSON and parity PNGs for one data set; returns what was written."""
+    from mlip.train.plots import parity_plot
+
+    os.makedirs(out_dir, exist_ok=True)
+    written: Dict[str, str] = {}
+    csv_path = os.path.join(out_dir, f"{name}_per_structure.csv")
+    if pred.rows:
+        with open(csv_path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(pred.rows[0]))
+            writer.writeheader()
+            for row in pred.rows:
+                writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
+        written["csv"] = csv_path
+    json_path = os.path.join(out_dir, f"{name}_metrics.json")
+    with open(json_path, "w") as fh:
+        json.dump({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in pred.metrics.items()},
+                  fh, indent=1)
+    written["metrics"] = json_path
+    for q, (ref, p) in (("energy", pred.energy), ("forces", pred.forces), ("stress", pred.stress)):
+        if len(ref):
+            path = parity_plot(ref, p, os.path.join(out_dir, f"{name}_parity_{q}.png"), q, f"{name}: {q}")
+            if path:
+                written[f"parity_{q}"] = path
+    return written

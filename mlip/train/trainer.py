@@ -1,0 +1,611 @@
+"""The training loop: data and statistics, model, optimiser, schedule, EMA, checkpoints, resume.
+
+A run directory (``output_dir``) holds::
+
+    config.yaml          the resolved config (every default filled in)
+    statistics.json      E0s (eV), energy scale, average neighbour count, split sizes
+    log.txt              the lines printed to the terminal
+    metrics.csv          one row per epoch: loss and MAE/RMSE of energy per atom (eV/atom), total
+                         energy (eV), forces (eV/A), stress (eV/A^3) on train and validation
+    checkpoints/         ckpt-<step>-e<epoch>.pt: everything needed to continue exactly
+    best_model.pt        EMA weights of the epoch with the best weighted validation metric
+    last_model.pt        EMA weights at the end of training
+    learning_curve.png   loss and RMSEs per epoch
+    test/                per-structure CSV, metrics and parity plots of each test file
+
+Exact resume: the order of structures in an epoch is a function of (seed, epoch), a checkpoint
+stores the number of batches already done in the current epoch plus every state that changes
+(weights, optimiser, schedule, EMA, RNGs, partial epoch metrics, history), so a resumed run
+repeats the uninterrupted one bit for bit on the CPU.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+import torch
+
+from mlip.checkpoint import FORMAT, model_record, save_model_file
+from mlip.errors import InputError
+from mlip.train import data as D
+from mlip.train.checkpoints import CheckpointDir, rng_state, seed_everything, set_rng_state
+from mlip.train.config import MODEL_SECTION, dump_config
+from mlip.train.ema import EMA
+from mlip.train.evaluation import predict, write_outputs
+from mlip.train.loss import LossWeights, compute_loss
+from mlip.train.metrics import ErrorAccumulator, QUANTITIES, format_errors, format_table, weighted_metric
+from mlip.train.schedule import LRSchedule
+from mlip.train.statistics import Statistics, compute_statistics, infer_type_names, split_isolated
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEFAULT_R_MAX = 5.0  # what mlip.nn.build_model uses when model.r_max is not given
+
+# config entries that must match a checkpoint for a resume to make sense
+_FIXED_ON_RESUME = ("seed", "dtype", MODEL_SECTION)
+_FIXED_DATA = ("root", "train_file", "train_index", "valid_file", "valid_fraction", "isolated_atoms_file",
+               "keys", "units", "npz_keys", "type_names", "batch_size", "E0s", "format")
+
+HISTORY_COLUMNS = (["epoch", "stage", "lr", "time_s", "energy_weight", "forces_weight", "stress_weight"]
+                   + [f"{split}_{name}" for split in ("train", "valid")
+                      for name in ["loss"] + [f"{q}_{k}" for q in QUANTITIES for k in ("mae", "rmse")]]
+                   + ["metric", "best"])
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became NaN or inf; the run stopped before using them."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("cuda requested but torch.cuda.is_available() is False (CPU-only torch, or no GPU "
+                         "visible); use device: auto or cpu", key="device")
+    return torch.device(name)
+
+
+class Logger:
+    """Prints through tqdm (so the progress bar is not torn) and appends to ``log.txt``."""
+
+    def __init__(self, path: Optional[str], echo: bool = True):
+        self.path = path
+        self.echo = echo
+
+    def __call__(self, text: str) -> None:
+        if self.echo:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stdout)
+            sys.stdout.flush()
+        if self.path:
+            with open(self.path, "a") as fh:
+                fh.write(text + "\n")
+
+
+class WandbLogger:
+    """Optional Weights & Biases logging; offline unless ``logging.wandb_mode: online``."""
+
+    def __init__(self, cfg: Mapping[str, Any], run_dir: str, run_id: Optional[str]):
+        try:
+            import wandb
+        except ImportError:
+            raise InputError("logging.wandb is true but wandb is not installed (pip install 'mlip[wandb]')",
+                             key="logging.wandb") from None
+        log_cfg = cfg["logging"]
+        self.wandb = wandb
+        self.run = wandb.init(project=log_cfg["wandb_project"],
+                              name=log_cfg["wandb_name"] or os.path.basename(os.path.abspath(run_dir)),
+                              mode=log_cfg["wandb_mode"], dir=run_dir, config=dict(cfg), id=run_id,
+                              resume="allow")
+        self.id = self.run.id
+
+    def log(self, row: Mapping[str, float]) -> None:
+        self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not (
+            isinstance(v, float) and math.isnan(v))}, step=int(row["epoch"]))
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+class Trainer:
+    """One training run from a validated config (see :mod:`mlip.train.config`)."""
+
+    def __init__(self, cfg: Dict[str, Any], resume: Optional[bool] = None, echo: bool = True):
+        """``resume``: True = must resume, None = resume when the run directory has a checkpoint,
+        False = refuse to start over an existing run."""
+        self.cfg = cfg
+        self.run_dir = cfg["output_dir"]
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.log = Logger(os.path.join(self.run_dir, "log.txt"), echo)
+        self.ckpts = CheckpointDir(os.path.join(self.run_dir, "checkpoints"), cfg["train"]["keep_checkpoints"])
+        self.device = resolve_device(cfg["device"])
+        self.dtype = DTYPES[cfg["dtype"]]
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = bool(cfg["allow_tf32"])
+            torch.backends.cudnn.allow_tf32 = bool(cfg["allow_tf32"])
+        self.progress_bar = bool(cfg["logging"]["progress_bar"]) and echo
+        self._resume_obj, self._resume_path = self.ckpts.load_latest(self.log)
+        if self._resume_obj is None and resume:
+            raise InputError(f"--resume given but no checkpoint found in {self.ckpts.folder}")
+        if self._resume_obj is not None and resume is False:
+            raise InputError(f"{self.run_dir} already holds a run; choose another output_dir or remove it")
+        if self._resume_obj is not None:
+            self._check_resume_config(self._resume_obj["config"])
+        seed_everything(cfg["seed"])
+        self._setup_data()
+        self._setup_model()
+        self._setup_optim()
+        self.stopped_early = False
+        self.last_checkpoint: Optional[str] = None
+        self.wandb: Optional[WandbLogger] = None
+        if self._resume_obj is not None:
+            self._load_state(self._resume_obj)
+            self.last_checkpoint = self._resume_path
+        self._resume_obj = None  # free memory
+
+    # --- set-up -------------------------------------------------------------------------------
+
+    def _check_resume_config(self, old: Mapping[str, Any]) -> None:
+        cfg = self.cfg
+        fixed = [k for k in _FIXED_ON_RESUME if old.get(k) != cfg.get(k)]
+        fixed += [f"data.{k}" for k in _FIXED_DATA if old["data"].get(k) != cfg["data"].get(k)]
+        if fixed:
+            raise InputError(f"{self.run_dir} holds a run whose config differs in {', '.join(fixed)}; "
+                             "resuming would not continue that run. Use another output_dir, or delete "
+                             f"{self.ckpts.folder} to start over")
+        changed = []
+        for section in cfg:
+            if isinstance(cfg[section], dict):
+                for key in cfg[section]:
+                    if old.get(section, {}).get(key) != cfg[section][key]:
+                        changed.append(f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {cfg[section][key]!r}")
+            elif old.get(section) != cfg[section]:
+                changed.append(f"{section}: {old.get(section)!r} -> {cfg[section]!r}")
+        if changed:
+            self.log("config changed since the checkpoint, continuing with: " + "; ".join(changed))
+
+    def _setup_data(self) -> None:
+        cfg, dcfg = self.cfg, self.cfg["data"]
+        r_max = float(cfg[MODEL_SECTION].get("r_max", DEFAULT_R_MAX))
+        frames = D.read_config_file(cfg, dcfg["train_file"], dcfg["train_index"])
+        isolated, frames = split_isolated(frames, r_max)
+        if dcfg["isolated_atoms_file"]:
+            isolated += D.read_config_file(cfg, dcfg["isolated_atoms_file"])
+        if not frames:
+            raise InputError("no training structures (besides isolated atoms)", D.resolve_path(cfg, dcfg["train_file"]))
+        if dcfg["valid_file"]:
+            train_frames = frames
+            valid_frames = split_isolated(D.read_config_file(cfg, dcfg["valid_file"]), r_max)[1]
+        else:
+            tr, va = D.split_indices(len(frames), dcfg["valid_fraction"], cfg["seed"])
+            train_frames, valid_frames = [frames[i] for i in tr], [frames[i] for i in va]
+        if self._resume_obj is not None:
+            type_names = list(self._resume_obj["model"]["type_names"])
+        else:
+            type_names = dcfg["type_names"] or infer_type_names(train_frames + valid_frames)
+        self.type_names = type_names
+        self.r_max = r_max
+        self.isolated = isolated
+        self.train_set = D.GraphSet("train", train_frames).build(type_names, r_max)
+        self.valid_set = D.GraphSet("valid", valid_frames).build(type_names, r_max)
+        self.log(f"data: {D.data_summary({'train': self.train_set, 'valid': self.valid_set})}; "
+                 f"species {type_names}; r_max {r_max} A")
+        if self._resume_obj is not None:
+            self.stats = Statistics.from_dict(self._resume_obj["statistics"])
+        else:
+            self.stats = compute_statistics(train_frames, self.train_set.graphs, type_names, dcfg["E0s"], isolated,
+                                            num_valid=len(valid_frames))
+        e0 = ", ".join(f"{s} {e:.6g}" for s, e in self.stats.e0_map().items())
+        self.log(f"statistics: E0s ({self.stats.e0_method}) [eV] {e0}; energy scale (force RMS) "
+                 f"{self.stats.energy_scale:.4g} eV/A; avg neighbours {self.stats.avg_num_neighbors:.4g}")
+        with open(os.path.join(self.run_dir, "statistics.json"), "w") as fh:
+            json.dump(self.stats.to_dict(), fh, indent=1)
+        dump_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
+
+    def _setup_model(self) -> None:
+        from mlip.nn import build_model
+
+        user_model = dict(self.cfg[MODEL_SECTION])
+        if self._resume_obj is not None:
+            self.model_config = dict(self._resume_obj["model"]["config"])
+        else:
+            self.model_config = dict(user_model)
+            for key, value in self.stats.model_entries().items():
+                if key in user_model:
+                    self.log(f"model.{key} given in the config: not replaced by the computed statistic")
+                else:
+                    self.model_config[key] = value
+        try:
+            model = build_model(self.model_config, self.type_names, self.dtype)
+        except (TypeError, ValueError) as exc:
+            raise model_config_error(exc, self.model_config) from None
+        if abs(float(model.r_max) - self.r_max) > 1e-12:
+            raise InputError(f"the model's r_max {model.r_max} differs from the one the graphs were built with "
+                             f"({self.r_max}); set model.r_max explicitly", key="model.r_max")
+        self.model = model.to(self.device)
+        n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.log(f"model: {self.model_config.get('architecture', 'nequip')}, {n_params} parameters, "
+                 f"{self.cfg['dtype']}, device {self.device}")
+        self.ema = EMA(self.model, self.cfg["ema"]["decay"]) if self.cfg["ema"]["enabled"] else None
+
+    def _setup_optim(self) -> None:
+        o = self.cfg["optim"]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        cls = torch.optim.AdamW if o["optimizer"] == "adamw" else torch.optim.Adam
+        self.optimizer = cls(params, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"],
+                             amsgrad=o["amsgrad"])
+        self.batches_per_epoch = math.ceil(len(self.train_set) / self.cfg["data"]["batch_size"])
+        st = self.cfg["stage_two"]
+        self.schedule = LRSchedule(self.cfg["schedule"], o["lr"], self.batches_per_epoch, o["max_epochs"],
+                                   st["start_epoch"] if st["enabled"] else None, st["lr"])
+        # training position and the state that goes with it
+        self.epoch = 0            # the epoch in progress (0-based)
+        self.step_in_epoch = 0    # batches of it already done
+        self.global_step = 0
+        self.epoch_acc = ErrorAccumulator()
+        self.epoch_time = 0.0
+        self.history: List[Dict[str, float]] = []
+        self.best_metric = math.inf
+        self.best_epoch = -1
+        self.bad_validations = 0
+        self.wandb_id: Optional[str] = None
+
+    # --- checkpoint state -----------------------------------------------------------------------
+
+    def _record(self, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+        return model_record(self.model_config, self.type_names, self.cfg["dtype"], state_dict)
+
+    def _eval_model(self) -> torch.nn.Module:
+        return self.ema.model if self.ema is not None else self.model
+
+    def checkpoint_state(self) -> Dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "model": self._record(self.model.state_dict()),
+            "ema_state_dict": ({k: v.detach().cpu() for k, v in self.ema.model.state_dict().items()}
+                               if self.ema is not None else None),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "epoch_metrics": self.epoch_acc.state_dict(),
+            "epoch_time": self.epoch_time,
+            "history": [dict(h) for h in self.history],
+            "best": {"metric": self.best_metric, "epoch": self.best_epoch, "bad_validations": self.bad_validations,
+                     "stopped_early": self.stopped_early},
+            "wandb_id": self.wandb_id,
+            "config": self.cfg,
+            "statistics": self.stats.to_dict(),
+        }
+
+    def save_checkpoint(self) -> str:
+        self.last_checkpoint = self.ckpts.save(self.checkpoint_state(), self.global_step, self.epoch)
+        return self.last_checkpoint
+
+    def _load_state(self, obj: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(obj["model"]["state_dict"])
+        if self.ema is not None:
+            if obj.get("ema_state_dict") is not None and obj.get("ema") is not None:
+                self.ema.load_state_dict(obj["ema"], obj["ema_state_dict"])
+            else:
+                self.ema.load_state_dict({"num_updates": 0}, obj["model"]["state_dict"])
+        self.optimizer.load_state_dict(obj["optimizer"])
+        self.schedule.load_state_dict(obj["schedule"])
+        self.epoch = int(obj["epoch"])
+        self.step_in_epoch = int(obj["step_in_epoch"])
+        self.global_step = int(obj["global_step"])
+        self.epoch_acc.load_state_dict(obj["epoch_metrics"])
+        self.epoch_time = float(obj.get("epoch_time", 0.0))
+        self.history = [dict(h) for h in obj["history"]]
+        best = obj["best"]
+        self.best_metric, self.best_epoch = float(best["metric"]), int(best["epoch"])
+        self.bad_validations = int(best["bad_validations"])
+        self.stopped_early = bool(best.get("stopped_early", False))
+        self.wandb_id = obj.get("wandb_id")
+        set_rng_state(obj["rng"])
+        self.log(f"resumed from {self._resume_path}: epoch {self.epoch}, batch {self.step_in_epoch}/"
+                 f"{self.batches_per_epoch}, step {self.global_step}")
+        # the CSV may hold a row for an epoch the checkpoint had not finished: rewrite it from history
+        self._write_csv()
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def stage(self, epoch: int) -> int:
+        s2 = self.schedule.stage_two_epoch
+        return 2 if s2 is not None and epoch >= s2 else 1
+
+    def loss_weights(self, epoch: int) -> LossWeights:
+        lc, st = self.cfg["loss"], self.cfg["stage_two"]
+        if self.stage(epoch) == 2:
+            return LossWeights(st["energy_weight"], st["forces_weight"],
+                               lc["stress_weight"] if st["stress_weight"] is None else st["stress_weight"])
+        return LossWeights(lc["energy_weight"], lc["forces_weight"], lc["stress_weight"])
+
+    def _loss(self, weights: LossWeights):
+        lc = self.cfg["loss"]
+        return lambda out, batch: compute_loss(out, batch, weights, lc["energy_per_atom"], lc["type"],
+                                               lc["huber_delta"])
+
+    def _diverged(self, what: str, idx: List[int]) -> TrainingDiverged:
+        where = self.last_checkpoint or "(none yet: the run diverged before its first checkpoint)"
+        return TrainingDiverged(
+            f"training stopped: {what} at epoch {self.epoch}, batch {self.step_in_epoch + 1}/{self.batches_per_epoch} "
+            f"(step {self.global_step + 1}; structures {D.describe_sources(self.train_set.frames, idx)}). "
+            f"The weights were not updated with this batch. Last good checkpoint: {where}. "
+            "Try a lower optim.lr, a smaller optim.clip_grad_norm or loss weights, float64, or check these "
+            "structures' labels; `mlip train` resumes from that checkpoint.")
+
+    def train_epoch(self) -> None:
+        cfg = self.cfg
+        weights = self.loss_weights(self.epoch)
+        loss_fn = self._loss(weights)
+        need_stress = weights.stress > 0 and self.train_set.has_stress()
+        clip = cfg["optim"]["clip_grad_norm"]
+        every = cfg["train"]["checkpoint_every_steps"]
+        order = D.epoch_permutation(cfg["seed"], self.epoch, len(self.train_set))
+        batches = D.batch_indices(order, cfg["data"]["batch_size"])
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        bar = None
+        if self.progress_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(batches), initial=self.step_in_epoch, leave=False, dynamic_ncols=True,
+                       desc=f"epoch {self.epoch}", file=sys.stderr)
+        self.model.train()
+        t0 = time.perf_counter()
+        try:
+            while self.step_in_epoch < len(batches):
+                idx = batches[self.step_in_epoch]
+                batch = D.make_batch([self.train_set.graphs[i] for i in idx], self.device, self.dtype)
+                lr = self.schedule.lr(self.epoch, self.global_step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                out = self.model(batch, compute_forces=True, compute_stress=need_stress, training=True)
+                loss, _ = loss_fn(out, batch)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise self._diverged(f"the loss is {loss_value}", idx)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # the norm is needed anyway to catch inf/NaN gradients before they reach the weights
+                norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
+                if not math.isfinite(float(norm)):
+                    raise self._diverged(f"the gradient norm is {float(norm)}", idx)
+                self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                self.global_step += 1
+                self.step_in_epoch += 1
+                self.epoch_acc.update(out, batch)
+                self.epoch_acc.add_loss(loss_value, len(idx))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2g}", refresh=False)
+                if every and self.global_step % every == 0 and self.step_in_epoch < len(batches):
+                    self.epoch_time += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+        self.epoch_time += time.perf_counter() - t0
+
+    def validate(self, weights: LossWeights) -> Dict[str, float]:
+        if not len(self.valid_set):
+            return {}
+        model = self._eval_model()
+        model.eval()
+        pred = predict(model, self.valid_set.graphs, self.cfg["data"]["valid_batch_size"], self.device,
+                       self.valid_set.has_stress(), loss_fn=self._loss(weights))
+        return pred.metrics
+
+    def end_epoch(self) -> bool:
+        """Validate, log, track the best model; returns False when training should stop."""
+        cfg = self.cfg
+        epoch, max_epochs = self.epoch, cfg["optim"]["max_epochs"]
+        weights = self.loss_weights(epoch)
+        train_metrics = self.epoch_acc.result()
+        do_valid = len(self.valid_set) > 0 and ((epoch + 1) % cfg["train"]["valid_every"] == 0
+                                                or epoch + 1 == max_epochs)
+        valid_metrics = self.validate(weights) if do_valid else {}
+        # epochs are counted from 1 in everything the user reads (log, CSV, plots)
+        row: Dict[str, float] = {"epoch": epoch + 1, "stage": self.stage(epoch),
+                                 "lr": self.optimizer.param_groups[0]["lr"], "time_s": round(self.epoch_time, 3),
+                                 "energy_weight": weights.energy, "forces_weight": weights.forces,
+                                 "stress_weight": weights.stress}
+        row.update({f"train_{k}": v for k, v in train_metrics.items()})
+        row.update({f"valid_{k}": v for k, v in valid_metrics.items()})
+        selection = cfg["train"]["best_metric_weights"]
+        judged = valid_metrics if do_valid else (train_metrics if not len(self.valid_set) else None)
+        is_best = False
+        if judged is not None:
+            metric = weighted_metric(judged, selection)
+            row["metric"] = metric
+            if metric < self.best_metric:
+                self.best_metric, self.best_epoch, is_best = metric, epoch, True
+                self.bad_validations = 0
+                self._save_model_file("best_model.pt", {"epoch": epoch, "metric": metric, "metrics": judged})
+            else:
+                self.bad_validations += 1
+            if self.schedule.end_epoch(epoch, judged.get("loss", metric)):
+                self.log(f"plateau: learning rate reduced to {self.schedule.plateau_lr:.3g}")
+        row["best"] = int(is_best)
+        row = {k: row.get(k, math.nan) for k in HISTORY_COLUMNS}
+        self.history.append(row)
+        self._write_csv()
+        if self.wandb is not None:
+            self.wandb.log(row)
+        line = (f"epoch {epoch + 1:>4d}/{max_epochs}  loss {train_metrics['loss']:.4g}  "
+                f"train {format_errors(train_metrics)}")
+        if valid_metrics:
+            line += f"  valid {format_errors(valid_metrics)}"
+        line += f"  lr {row['lr']:.3g}  {self.epoch_time:.1f}s" + ("  *best" if is_best else "")
+        self.log(line)
+        # move on to the next epoch before the checkpoint, so that resuming starts there
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_acc = ErrorAccumulator()
+        self.epoch_time = 0.0
+        keep_going = self.epoch < max_epochs
+        patience = cfg["train"]["early_stopping_patience"]
+        if keep_going and patience is not None and self.bad_validations >= patience:
+            st = self.schedule.stage_two_epoch
+            if st is not None and self.epoch < st:
+                self.log(f"no improvement for {patience} validations: starting stage two now (epoch {self.epoch})")
+                self.schedule.stage_two_epoch = self.epoch
+                self.bad_validations = 0
+            else:
+                self.log(f"early stopping: no improvement for {patience} validations")
+                self.stopped_early = True
+                keep_going = False
+        self.save_checkpoint()
+        if epoch % 10 == 9:
+            self.write_learning_curve()
+        return keep_going
+
+    def fit(self) -> Dict[str, Any]:
+        """Train to ``optim.max_epochs`` (or early stopping); returns where the results are."""
+        cfg = self.cfg
+        if cfg["logging"]["wandb"]:
+            self.wandb = WandbLogger(cfg, self.run_dir, self.wandb_id)
+            self.wandb_id = self.wandb.id
+        max_epochs = cfg["optim"]["max_epochs"]
+        if self.epoch == 0 and self.step_in_epoch == 0 and self.global_step == 0:
+            self.log(f"training {max_epochs} epochs of {self.batches_per_epoch} batches; errors are RMSE: "
+                     "E meV/atom, F meV/A, S meV/A^3")
+            self.save_checkpoint()
+        keep_going = self.epoch < max_epochs and not self.stopped_early
+        if not keep_going:
+            self.log(f"nothing to train: the run in {self.run_dir} has finished "
+                     f"({'early stopping' if self.stopped_early else f'{self.epoch} epochs'}); raise "
+                     "optim.max_epochs to continue it")
+        try:
+            while keep_going:
+                st = self.schedule.stage_two_epoch
+                if st is not None and self.epoch == st and self.step_in_epoch == 0:
+                    w = self.loss_weights(self.epoch)
+                    self.log(f"stage two from epoch {self.epoch + 1}: lr {cfg['stage_two']['lr']:.3g}, loss weights "
+                             f"energy {w.energy:g} forces {w.forces:g} stress {w.stress:g}")
+                self.train_epoch()
+                keep_going = self.end_epoch()
+        finally:
+            self.write_learning_curve()
+            if self.wandb is not None:
+                self.wandb.finish()
+        last = self._save_model_file("last_model.pt", {"epoch": self.epoch - 1})
+        best = os.path.join(self.run_dir, "best_model.pt")
+        if not os.path.exists(best):
+            best = last
+        results = self.final_evaluation(best)
+        return {"best_model": best, "last_model": last, "run_dir": self.run_dir, "results": results,
+                "best_epoch": self.best_epoch, "checkpoint": self.last_checkpoint}
+
+    # --- outputs ------------------------------------------------------------------------------
+
+    def _save_model_file(self, name: str, info: Mapping[str, Any]) -> str:
+        path = os.path.join(self.run_dir, name)
+        weights = self._eval_model().state_dict()
+        save_model_file(path, self._record(weights), {"statistics": self.stats.to_dict(), "training": dict(info)})
+        return path
+
+    def _write_csv(self) -> None:
+        path = os.path.join(self.run_dir, "metrics.csv")
+        tmp = path + ".tmp"
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(HISTORY_COLUMNS)
+            for h in self.history:
+                writer.writerow(["" if isinstance(h.get(k), float) and math.isnan(h[k]) else
+                                 (f"{h[k]:.8g}" if isinstance(h.get(k), float) else h.get(k, ""))
+                                 for k in HISTORY_COLUMNS])
+        os.replace(tmp, path)
+
+    def write_learning_curve(self) -> Optional[str]:
+        from mlip.train.plots import learning_curve
+
+        try:
+            return learning_curve(self.history, os.path.join(self.run_dir, "learning_curve.png"),
+                                  self.schedule.stage_two_epoch if self.cfg["stage_two"]["enabled"] else None)
+        except Exception as exc:  # a plot must never cost a run
+            self.log(f"warning: learning curve not written ({type(exc).__name__}: {exc})")
+            return None
+
+    def final_evaluation(self, model_path: str) -> Dict[str, Dict[str, float]]:
+        """Score the best model on the validation set and every test file; print a table."""
+        from mlip.checkpoint import load_model
+
+        model = load_model(model_path, device=str(self.device))
+        model.eval()
+        bs = self.cfg["data"]["valid_batch_size"]
+        rows: Dict[str, Dict[str, float]] = {}
+        out_dir = os.path.join(self.run_dir, "test")
+        sets = []
+        if len(self.valid_set):
+            sets.append(("valid", self.valid_set))
+        for path in self.cfg["data"]["test_files"]:
+            frames = D.read_config_file(self.cfg, path)
+            sets.append((D.file_stem(path), D.GraphSet(D.file_stem(path), frames).build(self.type_names, self.r_max)))
+        for name, gs in sets:
+            pred = predict(model, gs.graphs, bs, self.device, gs.has_stress(), frames=gs.frames, keep=True)
+            write_outputs(pred, out_dir, name)
+            rows[name] = pred.metrics
+        if rows:
+            self.log(f"errors of {os.path.basename(model_path)} (EMA weights):\n{format_table(rows)}")
+        self.log(f"model: {model_path}\nlearning curve: {os.path.join(self.run_dir, 'learning_curve.png')}\n"
+                 f"metrics per epoch: {os.path.join(self.run_dir, 'metrics.csv')}"
+                 + (f"\nparity plots and per-structure errors: {out_dir}" if rows else ""))
+        return rows
+
+
+def model_config_error(exc: Exception, model_config: Mapping[str, Any]) -> InputError:
+    """Turn a builder's TypeError/ValueError into a config error naming the model key."""
+    import re
+
+    text = str(exc)
+    m = re.search(r"unexpected keyword argument '(\w+)'", text)
+    if m:
+        key = m.group(1)
+        known = _architecture_keys(model_config.get("architecture", "nequip"))
+        import difflib
+
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"; did you mean 'model.{close[0]}'?" if close else (
+            f"; allowed: {', '.join(sorted(known))}" if known else "")
+        return InputError(f"unknown key{hint}", key=f"model.{key}")
+    if "architecture" in text:
+        return InputError(text, key="model.architecture")
+    return InputError(f"cannot build the model: {text}", key="model")
+
+
+def _architecture_keys(arch: str) -> List[str]:
+    """Hyperparameter names an architecture accepts (from its model class signature)."""
+    import importlib
+    import inspect
+
+    candidates = {"nequip": ("mlip.nn.nequip", "NequIPModel"), "mace": ("mlip.nn.mace", "MACEModel")}
+    module_name, cls_name = candidates.get(arch, (f"mlip.nn.{arch}", ""))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return []
+    classes = [getattr(module, cls_name)] if cls_name and hasattr(module, cls_name) else []
+    if not classes:
+        classes = [c for c in vars(module).values() if inspect.isclass(c) and issubclass(c, torch.nn.Module)
+                   and "num_types" in inspect.signature(c.__init__).parameters]
+    keys: List[str] = ["architecture"]
+    for c in classes:
+        keys += [p for p in inspect.signature(c.__init__).parameters if p not in ("self", "num_types")]
+    return keys
+
+
+def train(cfg: Dict[str, Any], resume: Optional[bool] = None, echo: bool = True) -> Dict[str, Any]:
+    """Run (or continue) the training described by a validated config."""
+    return Trainer(cfg, resume=resume, echo=echo).fit()
