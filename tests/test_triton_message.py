@@ -131,7 +131,7 @@ def test_many_channels_and_long_segments():
 
 def test_output_groups_split_kernels(monkeypatch):
     """Splitting the outputs over several generated kernels (as on GPU) gives the same result."""
-    monkeypatch.setitem(tm.INTERPRET_CONFIG, "max_outputs_per_kernel", 4)
+    monkeypatch.setitem(tm.INTERPRET_CONFIG, "max_outputs", {"z": 4, "x": 4, "y": 2, "w": 2})
     spec = make_spec("l2_so3")
     num_nodes, num_edges, channels = 5, 12, 3
     edge_index = random_graph(num_nodes, num_edges, sort=True, seed=2)
@@ -140,7 +140,8 @@ def test_output_groups_split_kernels(monkeypatch):
         got = derivative_tower(lambda a, b, c: fused(spec, a, b, c, edge_index, num_nodes, mode), x, y, w)
         want = derivative_tower(lambda a, b, c: reference(spec, a, b, c, edge_index, num_nodes), x, y, w)
         assert_all_close(got, want, 1e-10, f"split {mode}")
-    assert len(tm.get_kernels(tm.plan_for(spec), "z")) > 1
+    for slot in "zxyw":
+        assert len(tm.get_kernels(tm.plan_for(spec), slot)) > 1
 
 
 def test_no_edges():

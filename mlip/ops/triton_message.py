@@ -64,23 +64,28 @@ import torch
 import triton
 import triton.language as tl
 
+from mlip.nn.irreps import irreps_slices
 from mlip.ops.tensor_product import TensorProductSpec
 
 SLOTS = ("x", "y", "w", "z")
 SCATTER_MODES = ("deterministic", "atomic")
 
-# launch configuration; tuned for nothing yet (no GPU measurement exists), see docs/performance.md
+# Launch configuration. Not tuned on hardware (no GPU measurement exists, see docs/performance.md);
+# chosen so that the generated kernels of the M model (128 channels, l_max 2, O(3)) compile for
+# sm_90 without register spills in float32 (checked offline with Triton's bundled ptxas, see
+# `offline_compile_report`). Tiles hold BLOCK_E x BLOCK_C elements; float64 halves BLOCK_E.
 CONFIG = {
     "node_block_e": 8,          # edges per step of a deterministic segment loop
-    "atomic_block_e": 32,       # edges per program, atomic node kernel
-    "edge_block_e": 32,         # edges per program, per-edge kernels
-    "block_c": 32,              # channels per program (power of two)
-    "max_outputs_per_kernel": 48,  # outputs per generated kernel (register pressure); 0 = no split
+    "atomic_block_e": 16,       # edges per program, atomic node kernels
+    "edge_block_e": 16,         # edges per program, per-edge kernels (grads w.r.t. Y and W)
+    "block_c": 32,              # channels per program / per step (power of two)
     "num_warps": 4,
+    # outputs per generated kernel, per free slot (register pressure); 0 = no split
+    "max_outputs": {"z": 48, "x": 16, "y": 8, "w": 16},
 }
 # the interpreter pays per program and per op, not per element: use big blocks, no split
-INTERPRET_CONFIG = {"node_block_e": 32, "atomic_block_e": 64, "edge_block_e": 64, "block_c": 64,
-                    "max_outputs_per_kernel": 0, "num_warps": 1}
+INTERPRET_CONFIG = {"node_block_e": 32, "atomic_block_e": 64, "edge_block_e": 64, "block_c": 64, "num_warps": 1,
+                    "max_outputs": {"z": 0, "x": 0, "y": 0, "w": 0}}
 
 
 def _interpreting() -> bool:
@@ -97,18 +102,31 @@ def _config() -> Dict[str, int]:
 
 @dataclass(frozen=True)
 class Plan:
-    """Sparse 4-linear form: entries (a, b, k, p, value) over dims (Din, Dsh, Dout, P)."""
+    """Sparse 4-linear form: entries (a, b, k, p, value) over dims (Din, Dsh, Dout, P), plus the
+    component ranges of the irreps (the units that output groups never split)."""
 
     entries: Tuple[Tuple[int, int, int, int, float], ...]
     dim_x: int
     dim_y: int
     dim_z: int
     num_paths: int
+    x_slices: Tuple[Tuple[int, int], ...]   # per input irrep
+    y_slices: Tuple[Tuple[int, int], ...]   # per harmonic irrep
+    z_slices: Tuple[Tuple[int, int], ...]   # per path (its output block)
 
     @property
     def key(self) -> str:
         return hashlib.sha1(repr((self.entries, self.dim_x, self.dim_y, self.dim_z, self.num_paths)).encode()
                             ).hexdigest()[:16]
+
+    def units(self, free: str) -> Tuple[Tuple[int, int], ...]:
+        if free == "x":
+            return self.x_slices
+        if free == "y":
+            return self.y_slices
+        if free == "z":
+            return self.z_slices
+        return tuple((p, p + 1) for p in range(self.num_paths))
 
 
 _PLANS: Dict[tuple, Plan] = {}
@@ -120,7 +138,9 @@ def plan_for(spec: TensorProductSpec) -> Plan:
     if plan is None:
         pk = spec.path_of_output().tolist()
         entries = tuple((i, j, k, pk[k], float(v)) for i, j, k, v in spec.sparse_entries())
-        plan = Plan(entries, spec.dim_in, spec.dim_sh, spec.dim_out, spec.num_paths)
+        plan = Plan(entries, spec.dim_in, spec.dim_sh, spec.dim_out, spec.num_paths,
+                    tuple(irreps_slices(spec.irreps_in)), tuple(irreps_slices(spec.irreps_sh)),
+                    tuple(irreps_slices(spec.irreps_out)))
         _PLANS[key] = plan
     return plan
 
@@ -134,14 +154,31 @@ def _slot_of_entry(entry, slot: str) -> int:
     return {"x": a, "y": b, "w": p, "z": k}[slot]
 
 
+def output_groups(plan: Plan, free: str, limit: int) -> List[List[int]]:
+    """Outputs of the free slot packed into groups of at most ``limit`` (0: one group), never
+    splitting an irrep (or a path's output block); one generated kernel per group."""
+    groups: List[List[int]] = [[]]
+    for start, stop in plan.units(free):
+        if limit > 0 and groups[-1] and len(groups[-1]) + stop - start > limit:
+            groups.append([])
+        groups[-1].extend(range(start, stop))
+    return groups
+
+
 # ----------------------------------------------------------------------------------------------
 # code generation
 # ----------------------------------------------------------------------------------------------
+#
+# Every kernel walks the paths in order ("path-major") and loads an operand tile right before its
+# first use. Per-path operands (w_p, and the z block of path p) are then live only while that path
+# is processed; only the x components and the harmonics are shared between paths. This bounds the
+# registers a kernel needs by (Din + a few paths) tiles instead of (Din + Dout + P).
 
 class _Emitter:
     def __init__(self):
         self.lines: List[str] = []
         self.consts: Dict[float, str] = {}
+        self.loaded: set = set()
 
     def __call__(self, line: str, indent: int = 1):
         self.lines.append("    " * indent + line)
@@ -151,9 +188,16 @@ class _Emitter:
             self.consts[v] = f"K{len(self.consts)}"
         return self.consts[v]
 
-    def const_lines(self, indent: int = 1) -> List[str]:
+    def need(self, var: str, load: str, indent: int):
+        """Emit ``var = load`` the first time ``var`` is used."""
+        if var not in self.loaded:
+            self.loaded.add(var)
+            self(f"{var} = {load}", indent)
+
+    def source(self, head: str) -> str:
         # exact constants in the kernel's dtype (a bare float literal would be float32)
-        return ["    " * indent + f"{name} = tl.full([], {v!r}, DT)" for v, name in self.consts.items()]
+        consts = [f"    {name} = tl.full([], {v!r}, DT)" for v, name in self.consts.items()]
+        return "\n".join([head] + consts + self.lines) + "\n"
 
 
 def _lin(em: _Emitter, terms: Sequence[Tuple[str, float]]) -> str:
@@ -180,215 +224,199 @@ def _group(entries, *slots):
     return out
 
 
-def _used(entries, slot):
-    return sorted({_slot_of_entry(e, slot) for e in entries})
+def _merged(entries_by_var: Dict[int, list]) -> List[Tuple[int, float]]:
+    return [(i, sum(e[4] for e in es)) for i, es in sorted(entries_by_var.items())]
 
 
-def _node_message_exprs(em: _Emitter, entries, gather_slot: str, out_slot: str, outputs) -> Dict[int, str]:
-    """Per-output [BLOCK_E, BLOCK_C] message expressions of a node kernel.
+# tile loads; `row` is the gathered node index / edge index vector of the current edge block
+def _node_tile(ptr: str, row: str, dim: int, comp: int, mask: str = "m2") -> str:
+    return f"tl.load({ptr} + {row}[:, None] * ({dim} * C) + {comp} * C + offs_c[None, :], mask={mask}, other=0.0)"
 
-    out[o] = sum_p w_p * sum_g (sum_b v y_b)[:, None] * g_g, with g the gathered node tensor."""
-    grouped = _group(entries, out_slot, "w", gather_slot, "y")
-    exprs = {}
-    for o in outputs:
-        by_p = grouped.get(o, {})
-        p_terms = []
-        for p, by_g in sorted(by_p.items()):
-            g_terms = []
-            for g, by_b in sorted(by_g.items()):
-                coef = _lin(em, [(f"y_{b}", sum(e[4] for e in es)) for b, es in sorted(by_b.items())])
-                g_terms.append(f"{coef}[:, None] * g_{g}")
-            p_terms.append(f"w_{p} * (" + " + ".join(g_terms) + ")")
-        exprs[o] = " + ".join(p_terms) if p_terms else None
-    return exprs
+
+def _y_load(dim_y: int, b: int) -> str:
+    return f"tl.load(Y + e * {dim_y} + {b}, mask=mask_e, other=0.0)"
 
 
 def _gen_node(name: str, plan: Plan, free: str, mode: str, outputs: Sequence[int]) -> str:
-    """free 'z': gather x at senders, scatter to receivers. free 'x': gather z at receivers,
-    scatter to senders (the transposed product)."""
-    gather_slot = "x" if free == "z" else "z"
+    """free 'z': gather x at senders, scatter to receivers (the message). free 'x': gather z at
+    receivers, scatter to senders (the transposed product, i.e. the gradient w.r.t. h)."""
+    gather = "x" if free == "z" else "z"
     dims = _dims(plan)
-    dg, do, dy, npth = dims[gather_slot], dims[free], plan.dim_y, plan.num_paths
+    dg, do = dims[gather], dims[free]
     outset = set(outputs)
     entries = [e for e in plan.entries if _slot_of_entry(e, free) in outset]
+    by_path = _group(entries, "w", free, gather, "y")
     em = _Emitter()
-    exprs = _node_message_exprs(em, entries, gather_slot, free, outputs)
-    body = _Emitter()
-    body.consts = em.consts
-
-    def loads(indent):
-        for g in _used(entries, gather_slot):
-            body(f"g_{g} = tl.load(G + gi[:, None] * {dg} * C + {g} * C + offs_c[None, :], mask=m2, other=0.0)",
-                 indent)
-        for b in _used(entries, "y"):
-            body(f"y_{b} = tl.load(Y + e * {dy} + {b}, mask=mask_e, other=0.0)", indent)
-        for p in _used(entries, "w"):
-            body(f"w_{p} = tl.load(W + e[:, None] * {npth} * C + {p} * C + offs_c[None, :], mask=m2, other=0.0)",
-                 indent)
-
-    if mode == "deterministic":
+    det = mode == "deterministic"
+    ind = 2 if det else 1
+    if det:
         head = (f"def {name}(G, Y, W, GATHER, PERM, ROWPTR, OUT, C: tl.constexpr, DT: tl.constexpr, "
                 f"BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):")
-        body("n = tl.program_id(0).to(tl.int64)")
-        body("offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)")
-        body("mask_c = offs_c < C")
-        body("start = tl.load(ROWPTR + n)")
-        body("end = tl.load(ROWPTR + n + 1)")
+        em("n = tl.program_id(0).to(tl.int64)")
+        em("offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)")
+        em("mask_c = offs_c < C")
+        em("start = tl.load(ROWPTR + n)")
+        em("end = tl.load(ROWPTR + n + 1)")
         for o in outputs:
-            body(f"acc_{o} = tl.full([BLOCK_C], 0, DT)")
-        body("for e0 in range(start, end, BLOCK_E):")
-        body("idx = e0 + tl.arange(0, BLOCK_E)", 2)
-        body("mask_e = idx < end", 2)
-        body("e = tl.load(PERM + idx, mask=mask_e, other=0)", 2)
-        body("gi = tl.load(GATHER + e, mask=mask_e, other=0)", 2)
-        body("m2 = mask_e[:, None] & mask_c[None, :]", 2)
-        loads(2)
-        for o in outputs:
-            if exprs[o] is not None:
-                body(f"acc_{o} += tl.reduce({exprs[o]}, 0, _SUM)", 2)
-        for o in outputs:
-            body(f"tl.store(OUT + n * {do} * C + {o} * C + offs_c, acc_{o}, mask=mask_c)")
+            em(f"acc_{o} = tl.full([BLOCK_C], 0, DT)")
+        em("for e0 in range(start, end, BLOCK_E):")
+        em("idx = e0 + tl.arange(0, BLOCK_E)", 2)
+        em("mask_e = idx < end", 2)
+        em("e = tl.load(PERM + idx, mask=mask_e, other=0)", 2)
+        em("gi = tl.load(GATHER + e, mask=mask_e, other=0)", 2)
+        em("m2 = mask_e[:, None] & mask_c[None, :]", 2)
     else:
         head = (f"def {name}(G, Y, W, GATHER, SCATTER, OUT, E, C: tl.constexpr, DT: tl.constexpr, "
                 f"BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):")
-        body("e = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)")
-        body("mask_e = e < E")
-        body("offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)")
-        body("mask_c = offs_c < C")
-        body("m2 = mask_e[:, None] & mask_c[None, :]")
-        body("gi = tl.load(GATHER + e, mask=mask_e, other=0)")
-        body("si = tl.load(SCATTER + e, mask=mask_e, other=0)")
-        loads(1)
+        em("e = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)")
+        em("mask_e = e < E")
+        em("offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)")
+        em("mask_c = offs_c < C")
+        em("m2 = mask_e[:, None] & mask_c[None, :]")
+        em("gi = tl.load(GATHER + e, mask=mask_e, other=0)")
+        em("si = tl.load(SCATTER + e, mask=mask_e, other=0)")
+    started = set()
+    last_path = {}
+    for p, by_out in by_path.items():
+        for o in by_out:
+            last_path[o] = max(p, last_path.get(o, -1))
+
+    def finish(o):  # reduce (deterministic) or scatter (atomic) output o once it is complete
+        if det:
+            em(f"acc_{o} += tl.reduce(t_{o}, 0, _SUM)", 2)
+        else:
+            em(f"tl.atomic_add(OUT + si[:, None] * ({do} * C) + {o} * C + offs_c[None, :], t_{o}, mask=m2, "
+               f"sem='relaxed')")
+
+    for p, by_out in sorted(by_path.items()):
+        em.need(f"w_{p}", _node_tile("W", "e", plan.num_paths, p), ind)
+        for o, by_g in sorted(by_out.items()):
+            terms = []
+            for g, by_b in sorted(by_g.items()):
+                for b, _ in _merged(by_b):
+                    em.need(f"y_{b}", _y_load(plan.dim_y, b), ind)
+                em.need(f"g_{g}", _node_tile("G", "gi", dg, g), ind)
+                coef = _lin(em, [(f"y_{b}", v) for b, v in _merged(by_b)])
+                terms.append(f"{coef}[:, None] * g_{g}")
+            value = f"w_{p} * (" + " + ".join(terms) + ")"
+            em(f"t_{o} {'+=' if o in started else '='} {value}", ind)
+            started.add(o)
+        for o in sorted(by_out):
+            if last_path[o] == p:
+                finish(o)
+    if det:
         for o in outputs:
-            if exprs[o] is not None:
-                body(f"tl.atomic_add(OUT + si[:, None] * {do} * C + {o} * C + offs_c[None, :], {exprs[o]}, "
-                     f"mask=m2, sem='relaxed')")
-    return "\n".join(["@triton.jit", head] + body.const_lines() + body.lines) + "\n"
+            em(f"tl.store(OUT + n * ({do} * C) + {o} * C + offs_c, acc_{o}, mask=mask_c)")
+    return em.source(head)
 
 
 def _gen_edge_y(name: str, plan: Plan, outputs: Sequence[int]) -> str:
     """free 'y': out[e, b] = sum_c sum CG x[snd, a, c] w[e, p, c] z[rcv, k, c]."""
     outset = set(outputs)
     entries = [e for e in plan.entries if e[1] in outset]
-    body = _Emitter()
-    grouped = _group(entries, "y", "w", "z", "x")
-    dx, dz, dy, npth = plan.dim_x, plan.dim_z, plan.dim_y, plan.num_paths
+    by_path = _group(entries, "w", "z", "y", "x")
+    em = _Emitter()
     head = (f"def {name}(X, Z, W, SEND, RECV, OUT, E, C: tl.constexpr, DT: tl.constexpr, "
             f"BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):")
-    body("e = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)")
-    body("mask_e = e < E")
-    body("si = tl.load(SEND + e, mask=mask_e, other=0)")
-    body("ri = tl.load(RECV + e, mask=mask_e, other=0)")
+    em("e = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)")
+    em("mask_e = e < E")
+    em("si = tl.load(SEND + e, mask=mask_e, other=0)")
+    em("ri = tl.load(RECV + e, mask=mask_e, other=0)")
     for b in outputs:
-        body(f"acc_{b} = tl.full([BLOCK_E, BLOCK_C], 0, DT)")
-    body("for c0 in range(0, C, BLOCK_C):")
-    body("offs_c = c0 + tl.arange(0, BLOCK_C)", 2)
-    body("m2 = mask_e[:, None] & (offs_c < C)[None, :]", 2)
-    for a in _used(entries, "x"):
-        body(f"x_{a} = tl.load(X + si[:, None] * {dx} * C + {a} * C + offs_c[None, :], mask=m2, other=0.0)", 2)
-    for k in _used(entries, "z"):
-        body(f"z_{k} = tl.load(Z + ri[:, None] * {dz} * C + {k} * C + offs_c[None, :], mask=m2, other=0.0)", 2)
-    for p in _used(entries, "w"):
-        body(f"w_{p} = tl.load(W + e[:, None] * {npth} * C + {p} * C + offs_c[None, :], mask=m2, other=0.0)", 2)
-    pk_pairs = sorted({(e[3], e[2]) for e in entries})
-    for p, k in pk_pairs:
-        body(f"wz_{p}_{k} = w_{p} * z_{k}", 2)
+        em(f"acc_{b} = tl.full([BLOCK_E, BLOCK_C], 0, DT)")
+    em("for c0 in range(0, C, BLOCK_C):")
+    em("offs_c = c0 + tl.arange(0, BLOCK_C)", 2)
+    em("m2 = mask_e[:, None] & (offs_c < C)[None, :]", 2)
+    for p, by_k in sorted(by_path.items()):
+        em.need(f"w_{p}", _node_tile("W", "e", plan.num_paths, p), 2)
+        for k, by_b in sorted(by_k.items()):
+            em.need(f"z_{k}", _node_tile("Z", "ri", plan.dim_z, k), 2)
+            em(f"wz = w_{p} * z_{k}", 2)
+            for b, by_a in sorted(by_b.items()):
+                for a, _ in _merged(by_a):
+                    em.need(f"x_{a}", _node_tile("X", "si", plan.dim_x, a), 2)
+                em(f"acc_{b} += {_lin(em, [(f'x_{a}', v) for a, v in _merged(by_a)])} * wz", 2)
     for b in outputs:
-        terms = []
-        for p, by_k in sorted(grouped.get(b, {}).items()):
-            for k, by_a in sorted(by_k.items()):
-                lin = _lin(body, [(f"x_{a}", sum(e[4] for e in es)) for a, es in sorted(by_a.items())])
-                terms.append(f"{lin} * wz_{p}_{k}")
-        if terms:
-            body(f"acc_{b} += " + " + ".join(terms), 2)
-    for b in outputs:
-        body(f"tl.store(OUT + e * {dy} + {b}, tl.reduce(acc_{b}, 1, _SUM), mask=mask_e)")
-    return "\n".join(["@triton.jit", head] + body.const_lines() + body.lines) + "\n"
+        em(f"tl.store(OUT + e * {plan.dim_y} + {b}, tl.reduce(acc_{b}, 1, _SUM), mask=mask_e)")
+    return em.source(head)
 
 
 def _gen_edge_w(name: str, plan: Plan, outputs: Sequence[int]) -> str:
     """free 'w': out[e, p, c] = sum over entries of path p of CG x[snd, a, c] y[e, b] z[rcv, k, c]."""
     outset = set(outputs)
     entries = [e for e in plan.entries if e[3] in outset]
-    body = _Emitter()
-    grouped = _group(entries, "w", "z", "x", "y")
-    dx, dz, dy, npth = plan.dim_x, plan.dim_z, plan.dim_y, plan.num_paths
+    by_path = _group(entries, "w", "z", "x", "y")
+    em = _Emitter()
     head = (f"def {name}(X, Z, Y, SEND, RECV, OUT, E, C: tl.constexpr, DT: tl.constexpr, "
             f"BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):")
-    body("e = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)")
-    body("mask_e = e < E")
-    body("offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)")
-    body("m2 = mask_e[:, None] & (offs_c < C)[None, :]")
-    body("si = tl.load(SEND + e, mask=mask_e, other=0)")
-    body("ri = tl.load(RECV + e, mask=mask_e, other=0)")
-    for a in _used(entries, "x"):
-        body(f"x_{a} = tl.load(X + si[:, None] * {dx} * C + {a} * C + offs_c[None, :], mask=m2, other=0.0)")
-    for k in _used(entries, "z"):
-        body(f"z_{k} = tl.load(Z + ri[:, None] * {dz} * C + {k} * C + offs_c[None, :], mask=m2, other=0.0)")
-    for b in _used(entries, "y"):
-        body(f"y_{b} = tl.load(Y + e * {dy} + {b}, mask=mask_e, other=0.0)")
+    em("e = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)")
+    em("mask_e = e < E")
+    em("offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)")
+    em("m2 = mask_e[:, None] & (offs_c < C)[None, :]")
+    em("si = tl.load(SEND + e, mask=mask_e, other=0)")
+    em("ri = tl.load(RECV + e, mask=mask_e, other=0)")
     for p in outputs:
         terms = []
-        for k, by_a in sorted(grouped.get(p, {}).items()):
+        for k, by_a in sorted(by_path.get(p, {}).items()):
+            em.need(f"z_{k}", _node_tile("Z", "ri", plan.dim_z, k), 1)
             a_terms = []
             for a, by_b in sorted(by_a.items()):
-                coef = _lin(body, [(f"y_{b}", sum(e[4] for e in es)) for b, es in sorted(by_b.items())])
-                a_terms.append(f"{coef}[:, None] * x_{a}")
+                for b, _ in _merged(by_b):
+                    em.need(f"y_{b}", _y_load(plan.dim_y, b), 1)
+                em.need(f"x_{a}", _node_tile("X", "si", plan.dim_x, a), 1)
+                a_terms.append(f"{_lin(em, [(f'y_{b}', v) for b, v in _merged(by_b)])}[:, None] * x_{a}")
             terms.append(f"z_{k} * (" + " + ".join(a_terms) + ")")
         value = " + ".join(terms) if terms else "tl.full([BLOCK_E, BLOCK_C], 0, DT)"
-        body(f"tl.store(OUT + e[:, None] * {npth} * C + {p} * C + offs_c[None, :], {value}, mask=m2)")
-    return "\n".join(["@triton.jit", head] + body.const_lines() + body.lines) + "\n"
+        em(f"tl.store(OUT + e[:, None] * ({plan.num_paths} * C) + {p} * C + offs_c[None, :], {value}, mask=m2)")
+    return em.source(head)
 
 
 _KERNELS: Dict[tuple, object] = {}
 
 
-def _compile(name: str, src: str):
-    """Turn generated source into a triton.jit function; the source is registered with linecache
-    so that Triton (and tracebacks) can read it back with inspect."""
+def _compile(name: str, src: str, interpret: Optional[bool] = None):
+    """Turn generated source into a Triton kernel: an interpreted function when ``interpret``
+    (default: ``TRITON_INTERPRET=1`` now), else a ``JITFunction``. The source is registered with
+    linecache so that Triton (and tracebacks) can read it back with inspect."""
     fname = f"<mlip-triton-{name}>"
     linecache.cache[fname] = (len(src), None, src.splitlines(True), fname)
-    namespace = {"triton": triton, "tl": tl, "_SUM": tl.standard._sum_combine}
+    namespace = {"__name__": "mlip.ops.triton_generated", "triton": triton, "tl": tl,
+                 "_SUM": tl.standard._sum_combine}
     exec(compile(src, fname, "exec"), namespace)  # noqa: S102 -- our own generated source
-    return namespace[name]
+    fn = namespace[name]
+    if interpret if interpret is not None else _interpreting():
+        from triton.runtime.interpreter import InterpretedFunction
+        return InterpretedFunction(fn)
+    from triton.runtime.jit import JITFunction
+    return JITFunction(fn)
 
 
-def _output_groups(n: int, limit: int) -> List[List[int]]:
-    if limit <= 0 or n <= limit:
-        return [list(range(n))]
-    count = -(-n // limit)
-    size = -(-n // count)
-    return [list(range(i, min(n, i + size))) for i in range(0, n, size)]
+def _generate(name: str, plan: Plan, free: str, mode: str, outputs: Sequence[int]) -> str:
+    if free in ("x", "z"):
+        return _gen_node(name, plan, free, mode, outputs)
+    return _gen_edge_y(name, plan, outputs) if free == "y" else _gen_edge_w(name, plan, outputs)
 
 
 def get_kernels(plan: Plan, free: str, mode: str = "deterministic"):
     """The generated kernels (one per output group) for a free slot; cached."""
-    limit = _config()["max_outputs_per_kernel"]
-    key = (plan.key, free, mode if free in ("x", "z") else "", limit, _interpreting())
+    limit = _config()["max_outputs"][free]
+    mode = mode if free in ("x", "z") else "edge"
+    key = (plan.key, free, mode, limit, _interpreting())
     kernels = _KERNELS.get(key)
     if kernels is None:
         kernels = []
-        for gi, outputs in enumerate(_output_groups(_dims(plan)[free], limit)):
-            name = f"mlip_{free}_{mode[:3] if free in 'xz' else 'edge'}_{plan.key}_{gi}"
-            if free in ("x", "z"):
-                src = _gen_node(name, plan, free, mode, outputs)
-            elif free == "y":
-                src = _gen_edge_y(name, plan, outputs)
-            else:
-                src = _gen_edge_w(name, plan, outputs)
-            kernels.append(_compile(name, src))
+        for gi, outputs in enumerate(output_groups(plan, free, limit)):
+            name = f"mlip_{free}_{mode[:3]}_{plan.key}_{gi}"
+            kernels.append(_compile(name, _generate(name, plan, free, mode, outputs)))
         _KERNELS[key] = kernels
     return kernels
 
 
-def kernel_source(spec: TensorProductSpec, free: str = "z", mode: str = "deterministic") -> str:
-    """Generated source of the first kernel for a slot (for inspection and debugging)."""
+def kernel_source(spec: TensorProductSpec, free: str = "z", mode: str = "deterministic", group: int = 0) -> str:
+    """Generated source of one kernel (for inspection and debugging)."""
     plan = plan_for(spec)
-    limit = _config()["max_outputs_per_kernel"]
-    outputs = _output_groups(_dims(plan)[free], limit)[0]
-    if free in ("x", "z"):
-        return _gen_node("kernel", plan, free, mode, outputs)
-    return _gen_edge_y("kernel", plan, outputs) if free == "y" else _gen_edge_w("kernel", plan, outputs)
+    outputs = output_groups(plan, free, _config()["max_outputs"][free])[group]
+    return "@triton.jit\n" + _generate("kernel", plan, free, mode, outputs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,6 +462,7 @@ def _launch(free: str, plan: Plan, graph: EdgeGraph, vals: Dict[str, torch.Tenso
     dims = _dims(plan)
     dt = tl.float64 if dtype == torch.float64 else tl.float32
     block_c = min(cfg["block_c"], triton.next_power_of_2(max(channels, 1)))
+    shrink = 2 if dtype == torch.float64 and not _interpreting() else 1
     c_blocks = triton.cdiv(channels, block_c)
     kernels = get_kernels(plan, free, graph.mode)
     nw = cfg["num_warps"]
@@ -450,17 +479,17 @@ def _launch(free: str, plan: Plan, graph: EdgeGraph, vals: Dict[str, torch.Tenso
             perm, rowptr = graph.csr(scatter_side)
             for kern in kernels:
                 kern[(n, c_blocks)](g, y, w, graph.index(gather_side), perm, rowptr, out, C=channels, DT=dt,
-                                    BLOCK_E=cfg["node_block_e"], BLOCK_C=block_c, num_warps=nw)
+                                    BLOCK_E=cfg["node_block_e"] // shrink, BLOCK_C=block_c, num_warps=nw)
         else:
             out = torch.zeros(shape, dtype=dtype, device=device)
-            be = cfg["atomic_block_e"]
+            be = cfg["atomic_block_e"] // shrink
             for kern in kernels:
                 kern[(triton.cdiv(e_count, be), c_blocks)](g, y, w, graph.index(gather_side), graph.index(scatter_side),
                                                           out, e_count, C=channels, DT=dt, BLOCK_E=be,
                                                           BLOCK_C=block_c, num_warps=nw)
         return out
 
-    be = cfg["edge_block_e"]
+    be = cfg["edge_block_e"] // shrink
     if free == "y":
         out = torch.empty((e_count, dims["y"]), dtype=dtype, device=device)
         if e_count == 0:
