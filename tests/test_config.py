@@ -141,9 +141,11 @@ def test_model_section_is_free_form_but_species_live_in_data(tmp_path):
 
 def test_stage_two_and_loss_consistency(tmp_path):
     cfg = base()
-    cfg["stage_two"] = {"enabled": True, "start_epoch": 10}
-    cfg["optim"] = {"max_epochs": 10}
-    assert "stage_two.start_epoch" in error_of(tmp_path, cfg)
+    cfg["stage_two"] = {"enabled": True}
+    cfg["optim"] = {"max_epochs": 8}
+    assert load_config(write(tmp_path, cfg))["stage_two"]["start_epoch"] == 6
+    cfg["stage_two"] = {"enabled": True, "energy_weight": 0, "forces_weight": 0}
+    assert "stage-two loss weights are zero" in error_of(tmp_path, cfg)
     cfg = base()
     cfg["loss"] = {"energy_weight": 0, "forces_weight": 0, "stress_weight": 0}
     assert "all loss weights are zero" in error_of(tmp_path, cfg)

@@ -122,7 +122,9 @@ def test_cli_reports_divergence(tmp_path, lj_file, monkeypatch, capsys):
         return out["total_energy"].sum() * float("nan"), {}
 
     monkeypatch.setattr(trainer_mod, "compute_loss", nan_loss)
-    assert main(["train", path]) == 1
+    assert main(["train", path, "--set", "optim.max_epochs=2", "seed=3"]) == 1
+    saved = yaml.safe_load(open(os.path.join(str(tmp_path), "run", "config.yaml")))
+    assert saved["optim"]["max_epochs"] == 2 and saved["seed"] == 3  # overrides reach the resolved config
     err = capsys.readouterr().err
     assert "training stopped: the loss is nan" in err and "Traceback" not in err
 
@@ -212,3 +214,31 @@ def test_model_typo_is_a_config_error(tmp_path, lj_file):
     raw["model"]["chanels"] = 4
     with pytest.raises(InputError, match=r"model.chanels.*did you mean 'model.channels'"):
         Trainer(validate(raw), echo=False)
+
+
+def test_wandb_logging_is_offline_unless_asked(tmp_path, lj_file, monkeypatch):
+    import sys
+    import types
+
+    calls = {"init": [], "log": [], "finish": 0}
+
+    class Run:
+        id = "abc123"
+
+        def log(self, row, step=None):
+            calls["log"].append((step, row))
+
+        def finish(self):
+            calls["finish"] += 1
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls["init"].append(kw) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = validate(tiny_config(tmp_path, lj_file, optim={"max_epochs": 2}, logging={"wandb": True,
+                                                                                     "progress_bar": False}))
+    tr = Trainer(cfg, echo=False)
+    tr.fit()
+    assert calls["init"][0]["mode"] == "offline" and calls["init"][0]["project"] == "mlip"
+    assert [step for step, _ in calls["log"]] == [1, 2]
+    assert "valid_forces_rmse" in calls["log"][0][1] and calls["finish"] == 1
+    assert torch.load(tr.last_checkpoint, weights_only=True)["wandb_id"] == "abc123"  # resumes the same run

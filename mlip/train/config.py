@@ -372,13 +372,10 @@ def validate(raw: Mapping[str, Any], check_files: bool = True) -> Dict[str, Any]
     if st["enabled"] and not (st["energy_weight"] > 0 or st["forces_weight"] > 0
                               or (st["stress_weight"] if st["stress_weight"] is not None else lw["stress_weight"]) > 0):
         raise InputError("all stage-two loss weights are zero", key="stage_two")
-    if st["enabled"]:
-        start = st["start_epoch"]
-        if start is None:
-            st["start_epoch"] = int(0.75 * cfg["optim"]["max_epochs"])
-        elif start >= cfg["optim"]["max_epochs"]:
-            raise InputError(f"{start} is out of range; allowed: [0, optim.max_epochs = "
-                             f"{cfg['optim']['max_epochs']})", key="stage_two.start_epoch")
+    if st["enabled"] and st["start_epoch"] is None:
+        st["start_epoch"] = int(0.75 * cfg["optim"]["max_epochs"])
+    # a start_epoch beyond max_epochs is allowed (quick runs with --set optim.max_epochs=N);
+    # the trainer says that stage two will not run
     if check_files:
         for key, path in data_files(cfg):
             if not os.path.exists(path):

@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
@@ -198,8 +199,12 @@ class Trainer:
         if self._resume_obj is not None:
             self.stats = Statistics.from_dict(self._resume_obj["statistics"])
         else:
-            self.stats = compute_statistics(train_frames, self.train_set.graphs, type_names, dcfg["E0s"], isolated,
-                                            num_valid=len(valid_frames))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.stats = compute_statistics(train_frames, self.train_set.graphs, type_names, dcfg["E0s"],
+                                                isolated, num_valid=len(valid_frames))
+            for w in caught:
+                self.log(f"warning: {w.message}")
         e0 = ", ".join(f"{s} {e:.6g}" for s, e in self.stats.e0_map().items())
         self.log(f"statistics: E0s ({self.stats.e0_method}) [eV] {e0}; energy scale (force RMS) "
                  f"{self.stats.energy_scale:.4g} eV/A; avg neighbours {self.stats.avg_num_neighbors:.4g}")
@@ -478,6 +483,9 @@ class Trainer:
             self.wandb = WandbLogger(cfg, self.run_dir, self.wandb_id)
             self.wandb_id = self.wandb.id
         max_epochs = cfg["optim"]["max_epochs"]
+        st = self.schedule.stage_two_epoch
+        if st is not None and st >= max_epochs:
+            self.log(f"warning: stage_two.start_epoch {st} >= optim.max_epochs {max_epochs}: stage two will not run")
         if self.epoch == 0 and self.step_in_epoch == 0 and self.global_step == 0:
             self.log(f"training {max_epochs} epochs of {self.batches_per_epoch} batches; errors are RMSE: "
                      "E meV/atom, F meV/A, S meV/A^3")
