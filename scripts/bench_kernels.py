@@ -191,7 +191,7 @@ def run(argv: Optional[List[str]] = None) -> List[Dict]:
                 # reference first so "vs ref" can be filled in
                 variants.sort(key=lambda v: v[0] != "reference")
                 for backend, sc in variants:
-                    label = backend if sc is None else f"fused-{sc[:5]}"
+                    label = backend if sc is None else ("fused-det" if sc == "deterministic" else "fused-atomic")
                     fn, adapt = make_runner(backend, spec, channels, device, dtype, sc or "deterministic")
                     inputs = adapt(x, y, w) if adapt else (x, y, w)
                     try:

@@ -77,14 +77,17 @@ SCATTER_MODES = ("deterministic", "atomic")
 CONFIG = {
     "node_block_e": 8,          # edges per step of a deterministic segment loop
     "atomic_block_e": 16,       # edges per program, atomic node kernels
-    "edge_block_e": 16,         # edges per program, per-edge kernels (grads w.r.t. Y and W)
+    "edge_block_e": 16,         # edges per program, per-edge kernel of the grad w.r.t. W
+    "edge_y_block_e": 8,        # edges per program, per-edge kernel of the grad w.r.t. Y (loops over C)
     "block_c": 32,              # channels per program / per step (power of two)
     "num_warps": 4,
+    "num_stages": 1,            # no software pipelining of the loops: it multiplies live tiles
     # outputs per generated kernel, per free slot (register pressure); 0 = no split
-    "max_outputs": {"z": 48, "x": 16, "y": 8, "w": 16},
+    "max_outputs": {"z": 48, "x": 16, "y": 16, "w": 16},
 }
 # the interpreter pays per program and per op, not per element: use big blocks, no split
-INTERPRET_CONFIG = {"node_block_e": 32, "atomic_block_e": 64, "edge_block_e": 64, "block_c": 64, "num_warps": 1,
+INTERPRET_CONFIG = {"node_block_e": 32, "atomic_block_e": 64, "edge_block_e": 64, "edge_y_block_e": 64, "block_c": 64,
+                    "num_warps": 1, "num_stages": 1,
                     "max_outputs": {"z": 0, "x": 0, "y": 0, "w": 0}}
 
 
@@ -450,8 +453,22 @@ class EdgeGraph:
         return self._csr[side]
 
 
+def launch_params(free: str, mode: str, dtype: torch.dtype, channels: int, cfg: Optional[Dict] = None,
+                  interpret: Optional[bool] = None) -> Dict[str, int]:
+    """BLOCK_E, BLOCK_C, num_warps, num_stages of the kernels of one free slot."""
+    cfg = cfg or _config()
+    interpret = _interpreting() if interpret is None else interpret
+    if free in ("x", "z"):
+        key = "node_block_e" if mode == "deterministic" else "atomic_block_e"
+    else:
+        key = "edge_y_block_e" if free == "y" else "edge_block_e"
+    shrink = 2 if dtype == torch.float64 and not interpret else 1   # float64 tiles take twice the registers
+    return {"BLOCK_E": max(1, cfg[key] // shrink),
+            "BLOCK_C": min(cfg["block_c"], triton.next_power_of_2(max(channels, 1))),
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+
+
 def _launch(free: str, plan: Plan, graph: EdgeGraph, vals: Dict[str, torch.Tensor]) -> torch.Tensor:
-    cfg = _config()
     ref = next(iter(vals.values()))
     dtype, device = ref.dtype, ref.device
     if dtype not in (torch.float32, torch.float64):
@@ -460,51 +477,41 @@ def _launch(free: str, plan: Plan, graph: EdgeGraph, vals: Dict[str, torch.Tenso
     n, e_count = graph.num_nodes, graph.num_edges
     channels = vals["w"].shape[2] if "w" in vals else vals["x"].shape[2]
     dims = _dims(plan)
-    dt = tl.float64 if dtype == torch.float64 else tl.float32
-    block_c = min(cfg["block_c"], triton.next_power_of_2(max(channels, 1)))
-    shrink = 2 if dtype == torch.float64 and not _interpreting() else 1
-    c_blocks = triton.cdiv(channels, block_c)
+    lp = launch_params(free, graph.mode, dtype, channels)
+    block_e = lp["BLOCK_E"]
+    c_blocks = triton.cdiv(channels, lp["BLOCK_C"])
+    common = dict(C=channels, DT=tl.float64 if dtype == torch.float64 else tl.float32, **lp)
     kernels = get_kernels(plan, free, graph.mode)
-    nw = cfg["num_warps"]
 
-    if free in ("x", "z"):
-        gather_slot, gather_side, scatter_side = ("x", "sender", "receiver") if free == "z" else \
-            ("z", "receiver", "sender")
+    if free in ("x", "z"):  # node kernels: gather one side, scatter to the other
+        gather_side, scatter_side = ("sender", "receiver") if free == "z" else ("receiver", "sender")
+        g, y, w = vals["x" if free == "z" else "z"], vals["y"], vals["w"]
         shape = (n, dims[free], channels)
         if e_count == 0 or n == 0:
             return torch.zeros(shape, dtype=dtype, device=device)
-        g, y, w = vals[gather_slot], vals["y"], vals["w"]
         if graph.mode == "deterministic":
-            out = torch.empty(shape, dtype=dtype, device=device)
+            out = torch.empty(shape, dtype=dtype, device=device)  # every row is written once
             perm, rowptr = graph.csr(scatter_side)
             for kern in kernels:
-                kern[(n, c_blocks)](g, y, w, graph.index(gather_side), perm, rowptr, out, C=channels, DT=dt,
-                                    BLOCK_E=cfg["node_block_e"] // shrink, BLOCK_C=block_c, num_warps=nw)
+                kern[(n, c_blocks)](g, y, w, graph.index(gather_side), perm, rowptr, out, **common)
         else:
             out = torch.zeros(shape, dtype=dtype, device=device)
-            be = cfg["atomic_block_e"] // shrink
             for kern in kernels:
-                kern[(triton.cdiv(e_count, be), c_blocks)](g, y, w, graph.index(gather_side), graph.index(scatter_side),
-                                                          out, e_count, C=channels, DT=dt, BLOCK_E=be,
-                                                          BLOCK_C=block_c, num_warps=nw)
+                kern[(triton.cdiv(e_count, block_e), c_blocks)](g, y, w, graph.index(gather_side),
+                                                                graph.index(scatter_side), out, e_count, **common)
         return out
 
-    be = cfg["edge_block_e"] // shrink
-    if free == "y":
+    if free == "y":  # per edge, reduced over channels inside the program
         out = torch.empty((e_count, dims["y"]), dtype=dtype, device=device)
-        if e_count == 0:
-            return out
-        for kern in kernels:
-            kern[(triton.cdiv(e_count, be),)](vals["x"], vals["z"], vals["w"], graph.sender, graph.receiver, out,
-                                              e_count, C=channels, DT=dt, BLOCK_E=be, BLOCK_C=block_c, num_warps=nw)
+        for kern in kernels if e_count else []:
+            kern[(triton.cdiv(e_count, block_e),)](vals["x"], vals["z"], vals["w"], graph.sender, graph.receiver,
+                                                   out, e_count, **common)
         return out
-    out = torch.empty((e_count, dims["w"], channels), dtype=dtype, device=device)
-    if e_count == 0:
-        return out
-    for kern in kernels:
-        kern[(triton.cdiv(e_count, be), c_blocks)](vals["x"], vals["z"], vals["y"], graph.sender, graph.receiver, out,
-                                                  e_count, C=channels, DT=dt, BLOCK_E=be, BLOCK_C=block_c,
-                                                  num_warps=nw)
+
+    out = torch.empty((e_count, dims["w"], channels), dtype=dtype, device=device)  # per edge and channel
+    for kern in kernels if e_count else []:
+        kern[(triton.cdiv(e_count, block_e), c_blocks)](vals["x"], vals["z"], vals["y"], graph.sender,
+                                                        graph.receiver, out, e_count, **common)
     return out
 
 
