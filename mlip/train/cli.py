@@ -28,9 +28,15 @@ def run(args: argparse.Namespace) -> int:
     if args.show_keys:
         print("\n".join(describe()))
         return 0
+    overrides = [item for group in args.overrides for item in group]
+    if not args.config:
+        # `mlip train --set a=1 cfg.yaml`: argparse hands the config to --set
+        paths = [o for o in overrides if "=" not in o and o.endswith((".yaml", ".yml"))]
+        if len(paths) == 1:
+            args.config = paths[0]
+            overrides.remove(paths[0])
     if not args.config:
         raise InputError("a config file is required: mlip train CONFIG.yaml (see configs/example.yaml)")
-    overrides = [item for group in args.overrides for item in group]
     cfg = load_config(args.config, overrides)
     from mlip.train.trainer import TrainingDiverged, train
 
