@@ -30,7 +30,10 @@ CSR row pointers for the deterministic mode, zero-filling outputs for the atomic
 
 The CG coefficients are unrolled into the generated kernel source as compile-time constants
 (only the non-zero entries of :meth:`TensorProductSpec.sparse_entries`), one kernel source per
-(spec, free slot, scatter mode, output group), cached in-process.
+(spec, free slot, scatter mode, output group), cached in-process. Code is emitted path by path,
+loading each operand tile just before its first use, which bounds register pressure; large
+output sets are split over several kernels. ``python -m mlip.ops.triton_compile_check``
+compiles all of them for sm_90 without a GPU and reports registers and spills.
 
 Scatter modes for the node kernels
 ----------------------------------
@@ -45,8 +48,8 @@ deterministic; ``torch.use_deterministic_algorithms(True)`` forces deterministic
 
 Interpreter: with ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (used by the tests).
 Triton reads that variable when a function is *decorated* with ``triton.jit``. Kernels here
-are generated and decorated lazily and cached per interpreter flag, so the variable may be set
-after ``import triton`` (e3nn imports Triton, so in a test process it usually is already
+are generated lazily and wrapped as interpreted or compiled functions according to the flag at
+that moment (cached per flag), so the variable may be set after ``import triton`` (e3nn imports Triton, so in a test process it usually is already
 imported). Triton's own ``@jit`` helpers (``tl.sum``, ``tl.zeros``, ...) were decorated at
 import time, though, and cannot run in the interpreter unless the flag was set before the
 import; the generated kernels therefore avoid them (``tl.full`` for zeros, and
@@ -73,7 +76,7 @@ SCATTER_MODES = ("deterministic", "atomic")
 # Launch configuration. Not tuned on hardware (no GPU measurement exists, see docs/performance.md);
 # chosen so that the generated kernels of the M model (128 channels, l_max 2, O(3)) compile for
 # sm_90 without register spills in float32 (checked offline with Triton's bundled ptxas, see
-# `offline_compile_report`). Tiles hold BLOCK_E x BLOCK_C elements; float64 halves BLOCK_E.
+# mlip/ops/triton_compile_check.py). Tiles hold BLOCK_E x BLOCK_C elements; float64 halves BLOCK_E.
 CONFIG = {
     "node_block_e": 8,          # edges per step of a deterministic segment loop
     "atomic_block_e": 16,       # edges per program, atomic node kernels
@@ -86,16 +89,15 @@ CONFIG = {
     "max_outputs": {"z": 48, "x": 16, "y": 16, "w": 16},
 }
 # the interpreter pays per program and per op, not per element: use big blocks, no split
-INTERPRET_CONFIG = {"node_block_e": 32, "atomic_block_e": 64, "edge_block_e": 64, "edge_y_block_e": 64, "block_c": 64,
-                    "num_warps": 1, "num_stages": 1,
-                    "max_outputs": {"z": 0, "x": 0, "y": 0, "w": 0}}
+INTERPRET_CONFIG = {"node_block_e": 32, "atomic_block_e": 64, "edge_block_e": 64, "edge_y_block_e": 64,
+                    "block_c": 64, "num_warps": 1, "num_stages": 1, "max_outputs": {"z": 0, "x": 0, "y": 0, "w": 0}}
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _config() -> Dict[str, int]:
+def _config() -> Dict:
     return INTERPRET_CONFIG if _interpreting() else CONFIG
 
 
