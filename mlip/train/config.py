@@ -10,7 +10,8 @@ A config is one YAML mapping with these sections (every key is optional unless m
     schedule   constant, plateau or cosine, with linear warm-up
     ema        exponential moving average of the weights
     stage_two  from an epoch on: new loss weights and learning rate (MACE's "SWA" stage)
-    train      validation/checkpoint frequency, early stopping, best-model metric
+    train      validation/checkpoint frequency, early stopping, best-model metric, time budget
+    finetune   start from a trained model: freeze parameters, new species (mlip.train.finetune)
     logging    progress bar, wandb
 
 The cutoff ``r_max`` (Angstrom) lives in one place only: ``model.r_max``. The model owns it
@@ -147,11 +148,26 @@ SCHEMA: Dict[str, Any] = {
         "keep_checkpoints": Field("int", 2, "number of newest checkpoints kept", low=2),
         "early_stopping_patience": Field("int", None, "stop after this many validations without a new "
                                          "best model (null = never)", low=1, nullable=True),
+        "max_time_minutes": Field("float", None, "wall-clock budget of this process's training loop in "
+                                  "minutes (null = none): training stops after the batch during which it "
+                                  "runs out, then saves a checkpoint, last/best model and runs the final "
+                                  "evaluation. Counted from the start of the loop (not data loading, not "
+                                  "time of earlier runs that this one resumes)", low=0.0, low_open=True,
+                                  nullable=True),
         "best_metric_weights": {
             "energy": Field("float", 1.0, "weight of the energy RMSE (eV/atom) in the selection metric", low=0.0),
             "forces": Field("float", 1.0, "weight of the forces RMSE (eV/A)", low=0.0),
             "stress": Field("float", 0.0, "weight of the stress RMSE (eV/A^3)", low=0.0),
         },
+    },
+    "finetune": {
+        "from": Field("path", None, "model file or training checkpoint to start from (relative to the "
+                      "current directory; null = random init); architecture, r_max, avg_num_neighbors and scales come from it", nullable=True),
+        "freeze": Field("freeze", [], "parameters not trained: name prefixes (e.g. embedding, "
+                        "energy_model.readout) or interaction-layer indices (0 = energy_model.layers.0)"),
+        "reset_head": Field("bool", False, "re-initialise the readout parameters (names with 'readout')"),
+        "e0s": Field("choice", "keep", "keep: the foundation's E0s for its species, new species from "
+                     "data.E0s; data: all E0s from data.E0s", choices=("keep", "data")),
     },
     "logging": {
         "progress_bar": Field("bool", True, "tqdm progress bar over the batches of an epoch"),
@@ -265,6 +281,13 @@ def _check_field(field: Field, value: Any, where: str) -> Any:
         if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
             raise InputError(f"expected a file path or a list of file paths, got {value!r}", key=where)
         return list(items)
+    if kind == "freeze":
+        items = value if isinstance(value, list) else [value]
+        if not all((isinstance(v, str) and v) or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+                   for v in items):
+            raise InputError(f"expected a list of parameter-name prefixes or layer indices, got {value!r}",
+                             key=where)
+        return list(items)
     if kind == "floats2":
         if (not isinstance(value, list) or len(value) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
@@ -374,6 +397,9 @@ def validate(raw: Mapping[str, Any], check_files: bool = True) -> Dict[str, Any]
         raise InputError("all stage-two loss weights are zero", key="stage_two")
     if st["enabled"] and st["start_epoch"] is None:
         st["start_epoch"] = int(0.75 * cfg["optim"]["max_epochs"])
+    ft = cfg["finetune"]
+    if not ft["from"] and (ft["freeze"] or ft["reset_head"]):
+        raise InputError("freeze and reset_head need a model to start from: set finetune.from", key="finetune")
     # a start_epoch beyond max_epochs is allowed (quick runs with --set optim.max_epochs=N);
     # the trainer says that stage two will not run
     if check_files:
@@ -400,6 +426,8 @@ def data_files(cfg: Mapping[str, Any]) -> List[Tuple[str, str]]:
             out.append((f"data.{key}", resolve_path(cfg, data[key])))
     for i, p in enumerate(data["test_files"]):
         out.append((f"data.test_files[{i}]", resolve_path(cfg, p)))
+    if cfg.get("finetune", {}).get("from"):
+        out.append(("finetune.from", os.path.expanduser(cfg["finetune"]["from"])))
     return out
 
 

@@ -34,11 +34,13 @@ import torch
 from mlip.checkpoint import FORMAT, model_record, save_model_file
 from mlip.errors import InputError
 from mlip.train import data as D
+from mlip.train import distributed as dist_utils
+from mlip.train import finetune as FT
 from mlip.train.checkpoints import CheckpointDir, rng_state, seed_everything, set_rng_state
 from mlip.train.config import MODEL_SECTION, dump_config
 from mlip.train.ema import EMA
 from mlip.train.evaluation import predict, write_outputs
-from mlip.train.loss import LossWeights, compute_loss
+from mlip.train.loss import LossWeights, compute_loss, label_counts, loss_sums
 from mlip.train.metrics import ErrorAccumulator, QUANTITIES, format_errors, format_table, weighted_metric
 from mlip.train.schedule import LRSchedule
 from mlip.train.statistics import Statistics, compute_statistics, infer_type_names, split_isolated
@@ -47,7 +49,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_R_MAX = 5.0  # what mlip.nn.build_model uses when model.r_max is not given
 
 # config entries that must match a checkpoint for a resume to make sense
-_FIXED_ON_RESUME = ("seed", "dtype", MODEL_SECTION)
+_FIXED_ON_RESUME = ("seed", "dtype", MODEL_SECTION, "finetune")
 _FIXED_DATA = ("root", "train_file", "train_index", "valid_file", "valid_fraction", "isolated_atoms_file",
                "keys", "units", "npz_keys", "type_names", "batch_size", "E0s", "format")
 
@@ -121,16 +123,22 @@ class Trainer:
         False = refuse to start over an existing run."""
         self.cfg = cfg
         self.run_dir = cfg["output_dir"]
+        # under torchrun: one process per GPU (or CPU share); rank 0 alone writes files
+        self.dist, dist_device = dist_utils.setup(cfg["device"])
+        self.is_main = self.dist.is_main
         os.makedirs(self.run_dir, exist_ok=True)
-        self.log = Logger(os.path.join(self.run_dir, "log.txt"), echo)
+        self.log = Logger(os.path.join(self.run_dir, "log.txt") if self.is_main else None, echo and self.is_main)
         self.ckpts = CheckpointDir(os.path.join(self.run_dir, "checkpoints"), cfg["train"]["keep_checkpoints"])
-        self.device = resolve_device(cfg["device"])
+        self.device = dist_device if dist_device is not None else resolve_device(cfg["device"])
         self.dtype = DTYPES[cfg["dtype"]]
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = bool(cfg["allow_tf32"])
             torch.backends.cudnn.allow_tf32 = bool(cfg["allow_tf32"])
-        self.progress_bar = bool(cfg["logging"]["progress_bar"]) and echo
-        self._resume_obj, self._resume_path = self.ckpts.load_latest(self.log)
+        self.progress_bar = bool(cfg["logging"]["progress_bar"]) and echo and self.is_main
+        if self.dist.enabled:
+            self.log(f"distributed: {self.dist.world_size} processes ({self.dist.backend}), global batch "
+                     f"{cfg['data']['batch_size']} structures split over them")
+        self._load_resume()
         if self._resume_obj is None and resume:
             raise InputError(f"--resume given but no checkpoint found in {self.ckpts.folder}")
         if self._resume_obj is not None and resume is False:
@@ -138,10 +146,15 @@ class Trainer:
         if self._resume_obj is not None:
             self._check_resume_config(self._resume_obj["config"])
         seed_everything(cfg["seed"])
+        self.foundation = None
+        if cfg["finetune"]["from"] and self._resume_obj is None:
+            self.foundation = FT.load_foundation(os.path.expanduser(cfg["finetune"]["from"]))
         self._setup_data()
         self._setup_model()
         self._setup_optim()
         self.stopped_early = False
+        self.out_of_time = False
+        self._t_start: Optional[float] = None
         self.last_checkpoint: Optional[str] = None
         self.wandb: Optional[WandbLogger] = None
         if self._resume_obj is not None:
@@ -151,8 +164,47 @@ class Trainer:
 
     # --- set-up -------------------------------------------------------------------------------
 
+    def _load_resume(self) -> None:
+        """The newest checkpoint: found (and corrupt ones set aside) by rank 0, read by every rank."""
+        obj, path = self.ckpts.load_latest(self.log) if self.is_main else (None, None)
+        if self.dist.enabled:
+            path = dist_utils.broadcast_object(path, self.dist)
+            if not self.is_main and path is not None:
+                from mlip.checkpoint import load_file
+
+                obj = load_file(path)
+        self._resume_obj, self._resume_path = obj, path
+
+    def _on_main(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on rank 0, its result (or its InputError) on every rank."""
+        if not self.dist.enabled:
+            return fn()
+        result: Any = None
+        if self.is_main:
+            try:
+                result = ("ok", fn())
+            except InputError as exc:
+                result = ("error", exc)
+        result = dist_utils.broadcast_object(result, self.dist)
+        if result[0] == "error":
+            raise result[1]
+        return result[1]
+
+    def _r_max(self) -> float:
+        if self._resume_obj is not None:
+            config = self._resume_obj["model"]["config"]
+        elif self.foundation is not None:
+            config = self.foundation["config"]
+        else:
+            config = self.cfg[MODEL_SECTION]
+        return float(config.get("r_max", DEFAULT_R_MAX))
+
     def _check_resume_config(self, old: Mapping[str, Any]) -> None:
         cfg = self.cfg
+        from mlip.train.config import SCHEMA
+
+        # runs from before the finetune section existed were not fine-tuned
+        old = dict(old, finetune=old.get("finetune", {k: f.default for k, f in SCHEMA["finetune"].items()}))
         fixed = [k for k in _FIXED_ON_RESUME if old.get(k) != cfg.get(k)]
         fixed += [f"data.{k}" for k in _FIXED_DATA if old["data"].get(k) != cfg["data"].get(k)]
         if fixed:
@@ -172,7 +224,7 @@ class Trainer:
 
     def _setup_data(self) -> None:
         cfg, dcfg = self.cfg, self.cfg["data"]
-        r_max = float(cfg[MODEL_SECTION].get("r_max", DEFAULT_R_MAX))
+        r_max = self._r_max()
         frames = D.read_config_file(cfg, dcfg["train_file"], dcfg["train_index"])
         isolated, frames = split_isolated(frames, r_max)
         if dcfg["isolated_atoms_file"]:
@@ -187,6 +239,9 @@ class Trainer:
             train_frames, valid_frames = [frames[i] for i in tr], [frames[i] for i in va]
         if self._resume_obj is not None:
             type_names = list(self._resume_obj["model"]["type_names"])
+        elif self.foundation is not None:
+            type_names = FT.union_type_names(self.foundation["type_names"], dcfg["type_names"]
+                                             or infer_type_names(train_frames + valid_frames))
         else:
             type_names = dcfg["type_names"] or infer_type_names(train_frames + valid_frames)
         self.type_names = type_names
@@ -198,19 +253,47 @@ class Trainer:
                  f"species {type_names}; r_max {r_max} A")
         if self._resume_obj is not None:
             self.stats = Statistics.from_dict(self._resume_obj["statistics"])
+        elif self.foundation is not None:
+            self.stats = self._on_main(lambda: self._finetune_statistics(train_frames, isolated, len(valid_frames)))
         else:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                self.stats = compute_statistics(train_frames, self.train_set.graphs, type_names, dcfg["E0s"],
-                                                isolated, num_valid=len(valid_frames))
-            for w in caught:
-                self.log(f"warning: {w.message}")
+            # computed once, on rank 0, and broadcast (every rank holds the same data, but this way
+            # there is one set of numbers by construction)
+            def compute() -> Statistics:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    stats = compute_statistics(train_frames, self.train_set.graphs, type_names, dcfg["E0s"],
+                                               isolated, num_valid=len(valid_frames))
+                for w in caught:
+                    self.log(f"warning: {w.message}")
+                return stats
+
+            self.stats = self._on_main(compute)
         e0 = ", ".join(f"{s} {e:.6g}" for s, e in self.stats.e0_map().items())
         self.log(f"statistics: E0s ({self.stats.e0_method}) [eV] {e0}; energy scale (force RMS) "
                  f"{self.stats.energy_scale:.4g} eV/A; avg neighbours {self.stats.avg_num_neighbors:.4g}")
-        with open(os.path.join(self.run_dir, "statistics.json"), "w") as fh:
-            json.dump(self.stats.to_dict(), fh, indent=1)
-        dump_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
+        if self.is_main:
+            with open(os.path.join(self.run_dir, "statistics.json"), "w") as fh:
+                json.dump(self.stats.to_dict(), fh, indent=1)
+            dump_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
+
+    def _finetune_statistics(self, train_frames, isolated, num_valid: int) -> Statistics:
+        """E0s for the extended species list; scale and neighbour count of the foundation model."""
+        f = self.foundation
+        fcfg = f["config"]
+        old = list(f["type_names"])
+        old_e0s = fcfg.get("atomic_energy_shifts", 0.0)
+        if not isinstance(old_e0s, (list, tuple)):
+            old_e0s = [float(old_e0s)] * len(old)
+        e0s, method = FT.e0s_for(old, old_e0s, self.type_names, self.cfg["data"]["E0s"],
+                                 self.cfg["finetune"]["e0s"], train_frames, isolated)
+        scales = fcfg.get("atomic_energy_scales", 1.0)
+        scale = float(sum(scales) / len(scales)) if isinstance(scales, (list, tuple)) and scales else float(scales)
+        new = [s for s in self.type_names if s not in old]
+        self.log(f"fine-tuning {self.cfg['finetune']['from']}: species {old}" +
+                 (f" + new {new}" if new else "") + "; keeping its avg_num_neighbors and energy scales")
+        return Statistics(type_names=list(self.type_names), e0s=[float(e) for e in e0s], e0_method=method,
+                          energy_scale=scale, avg_num_neighbors=float(fcfg.get("avg_num_neighbors", 1.0)),
+                          num_train=len(train_frames), num_valid=int(num_valid))
 
     def _setup_model(self) -> None:
         from mlip.nn import build_model
@@ -218,6 +301,12 @@ class Trainer:
         user_model = dict(self.cfg[MODEL_SECTION])
         if self._resume_obj is not None:
             self.model_config = dict(self._resume_obj["model"]["config"])
+        elif self.foundation is not None:
+            FT.check_model_section(user_model, self.foundation["config"])
+            self.model_config = FT.finetune_model_config(self.foundation, self.type_names, self.stats.e0s)
+            for key, value in user_model.items():
+                if key in FT.RUNTIME_MODEL_KEYS:
+                    self.model_config[key] = value
         else:
             self.model_config = dict(user_model)
             for key, value in self.stats.model_entries().items():
@@ -232,11 +321,35 @@ class Trainer:
         if abs(float(model.r_max) - self.r_max) > 1e-12:
             raise InputError(f"the model's r_max {model.r_max} differs from the one the graphs were built with "
                              f"({self.r_max}); set model.r_max explicitly", key="model.r_max")
+        ft = self.cfg["finetune"]
+        if self.foundation is not None:
+            fresh = {k: v.clone() for k, v in model.state_dict().items()}
+            with torch.no_grad():
+                report = FT.transfer_weights(model, self.foundation["state_dict"], len(self.foundation["type_names"]),
+                                             len(self.type_names))
+            self.log(f"fine-tuning: {len(report['copied'])} tensors copied, {len(report['species_rows'])} with "
+                     "new species rows freshly initialised" + (f" ({', '.join(report['species_rows'])})"
+                                                               if report["species_rows"] else ""))
+            if ft["reset_head"]:
+                names = FT.reset_head(model, fresh)
+                self.log(f"fine-tuning: readout re-initialised ({', '.join(names)})")
+            self.foundation = None  # free memory
+        if ft["freeze"]:
+            frozen = FT.freeze_parameters(model, ft["freeze"])
+            self.log(f"fine-tuning: {len(frozen)} parameter tensors frozen ({', '.join(frozen)})")
         self.model = model.to(self.device)
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.log(f"model: {self.model_config.get('architecture', 'nequip')}, {n_params} parameters, "
+        self.log(f"model: {self.model_config.get('architecture', 'nequip')}, {n_params} trained parameters, "
                  f"{self.cfg['dtype']}, device {self.device}")
         self.ema = EMA(self.model, self.cfg["ema"]["decay"]) if self.cfg["ema"]["enabled"] else None
+        self.train_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # forces are autograd.grad(create_graph=True) w.r.t. positions inside forward; the
+            # parameters get their gradients only in the loss's backward, where DDP's hooks fire
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def _setup_optim(self) -> None:
         o = self.cfg["optim"]
@@ -292,8 +405,20 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> str:
-        self.last_checkpoint = self.ckpts.save(self.checkpoint_state(), self.global_step, self.epoch)
+        """Rank 0 writes; every rank must call this (the partial epoch metrics are gathered first)."""
+        self._gather_epoch_metrics()
+        if self.is_main:
+            self.last_checkpoint = self.ckpts.save(self.checkpoint_state(), self.global_step, self.epoch)
+        else:
+            self.last_checkpoint = self.ckpts.path_for(self.global_step, self.epoch)
         return self.last_checkpoint
+
+    def _gather_epoch_metrics(self) -> None:
+        """Sum the ranks' metric accumulators into rank 0's (the others restart from zero), so
+        that rank 0's copy, which checkpoints store, holds the whole partial epoch."""
+        if not self.dist.enabled:
+            return
+        self.epoch_acc = reduce_accumulator(self.epoch_acc, self.dist, keep=self.is_main)
 
     def _load_state(self, obj: Mapping[str, Any]) -> None:
         self.model.load_state_dict(obj["model"]["state_dict"])
@@ -307,7 +432,8 @@ class Trainer:
         self.epoch = int(obj["epoch"])
         self.step_in_epoch = int(obj["step_in_epoch"])
         self.global_step = int(obj["global_step"])
-        self.epoch_acc.load_state_dict(obj["epoch_metrics"])
+        if self.is_main:  # rank 0's accumulator holds the sums of all ranks (see save_checkpoint)
+            self.epoch_acc.load_state_dict(obj["epoch_metrics"])
         self.epoch_time = float(obj.get("epoch_time", 0.0))
         self.history = [dict(h) for h in obj["history"]]
         best = obj["best"]
@@ -319,7 +445,8 @@ class Trainer:
         self.log(f"resumed from {self._resume_path}: epoch {self.epoch}, batch {self.step_in_epoch}/"
                  f"{self.batches_per_epoch}, step {self.global_step}")
         # the CSV may hold a row for an epoch the checkpoint had not finished: rewrite it from history
-        self._write_csv()
+        if self.is_main:
+            self._write_csv()
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -336,8 +463,13 @@ class Trainer:
 
     def _loss(self, weights: LossWeights):
         lc = self.cfg["loss"]
-        return lambda out, batch: compute_loss(out, batch, weights, lc["energy_per_atom"], lc["type"],
-                                               lc["huber_delta"])
+        return lambda out, batch, counts=None: compute_loss(out, batch, weights, lc["energy_per_atom"], lc["type"],
+                                                            lc["huber_delta"], counts=counts)
+
+    def _time_is_up(self) -> bool:
+        budget = self.cfg["train"]["max_time_minutes"]
+        return (budget is not None and self._t_start is not None
+                and time.perf_counter() - self._t_start > 60.0 * budget)
 
     def _diverged(self, what: str, idx: List[int]) -> TrainingDiverged:
         where = self.last_checkpoint or "(none yet: the run diverged before its first checkpoint)"
@@ -369,17 +501,43 @@ class Trainer:
         try:
             while self.step_in_epoch < len(batches):
                 idx = batches[self.step_in_epoch]
-                batch = D.make_batch([self.train_set.graphs[i] for i in idx], self.device, self.dtype)
                 lr = self.schedule.lr(self.epoch, self.global_step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                out = self.model(batch, compute_forces=True, compute_stress=need_stress, training=True)
-                loss, _ = loss_fn(out, batch)
-                loss_value = float(loss.detach())
+                if self.dist.enabled:
+                    # this rank's share of the global batch; its loss is its part of the global
+                    # batch's loss: sums over its structures / label counts of the whole batch
+                    local = dist_utils.shard(idx, self.dist)
+                    # a rank left without structures (last batch smaller than the world) runs one
+                    # structure with zero weight, so that it takes part in the gradient all-reduce
+                    batch = D.make_batch([self.train_set.graphs[i] for i in (local or idx[:1])], self.device,
+                                         self.dtype)
+                    counts: Dict[str, float] = {}
+                    for i in idx:  # every rank holds every graph: no communication needed
+                        for k, v in label_counts(self.train_set.graphs[i], weights).items():
+                            counts[k] = counts.get(k, 0.0) + v
+                    out = self.train_model(batch, compute_forces=True, compute_stress=need_stress, training=True)
+                    loss, _ = loss_fn(out, batch, counts)
+                    if not local:
+                        loss = loss * 0.0
+                    # one all-reduce: the batch's loss and whether any rank ran out of time
+                    loss_value, time_up = dist_utils.all_reduce_sum([float(loss.detach()), float(self._time_is_up())],
+                                                                    self.dist)
+                    time_up = time_up > 0
+                    # DDP averages the ranks' gradients: scale so that their sum is what counts
+                    backward_loss = loss * self.dist.world_size
+                else:
+                    local = idx
+                    batch = D.make_batch([self.train_set.graphs[i] for i in idx], self.device, self.dtype)
+                    out = self.train_model(batch, compute_forces=True, compute_stress=need_stress, training=True)
+                    loss, _ = loss_fn(out, batch)
+                    loss_value = float(loss.detach())
+                    time_up = self._time_is_up()
+                    backward_loss = loss
                 if not math.isfinite(loss_value):
                     raise self._diverged(f"the loss is {loss_value}", idx)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                backward_loss.backward()
                 # the norm is needed anyway to catch inf/NaN gradients before they reach the weights
                 norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
                 if not math.isfinite(float(norm)):
@@ -389,11 +547,16 @@ class Trainer:
                     self.ema.update(self.model)
                 self.global_step += 1
                 self.step_in_epoch += 1
-                self.epoch_acc.update(out, batch)
-                self.epoch_acc.add_loss(loss_value, len(idx))
+                if local:
+                    self.epoch_acc.update(out, batch)
+                if self.is_main:
+                    self.epoch_acc.add_loss(loss_value, len(idx))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2g}", refresh=False)
+                if time_up:
+                    self.out_of_time = True
+                    break
                 if every and self.global_step % every == 0 and self.step_in_epoch < len(batches):
                     self.epoch_time += time.perf_counter() - t0
                     t0 = time.perf_counter()
@@ -404,20 +567,45 @@ class Trainer:
         self.epoch_time += time.perf_counter() - t0
 
     def validate(self, weights: LossWeights) -> Dict[str, float]:
+        """Errors of the EMA (or plain) model on the validation set; the loss is that of the whole
+        set (each term: sum over the set / label count of the set), independent of the batching.
+        Under DDP each rank scores every world_size-th structure and the sums are all-reduced."""
         if not len(self.valid_set):
             return {}
+        lc = self.cfg["loss"]
         model = self._eval_model()
         model.eval()
-        pred = predict(model, self.valid_set.graphs, self.cfg["data"]["valid_batch_size"], self.device,
-                       self.valid_set.has_stress(), loss_fn=self._loss(weights))
-        return pred.metrics
+        need_stress = self.valid_set.has_stress()
+        graphs = dist_utils.shard(self.valid_set.graphs, self.dist)
+        acc = ErrorAccumulator()
+        terms = [n for n in ("energy", "forces", "stress") if getattr(weights, n) > 0]
+        loss_parts = [0.0] * (2 * len(terms))
+        for _, batch in D.iterate_batches(graphs, self.cfg["data"]["valid_batch_size"], self.device, self.dtype):
+            with torch.enable_grad():  # forces and stress are gradients
+                out = model(batch, compute_forces=True, compute_stress=need_stress, training=False)
+            out = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in out.items()}
+            acc.update(out, batch)
+            w = weights if need_stress or weights.stress == 0 else LossWeights(weights.energy, weights.forces, 0.0)
+            sums = loss_sums(out, batch, w, lc["energy_per_atom"], lc["type"], lc["huber_delta"])
+            for i, name in enumerate(terms):
+                if name in sums:
+                    loss_parts[2 * i] += float(sums[name][0])
+                    loss_parts[2 * i + 1] += float(sums[name][1])
+        acc = reduce_accumulator(acc, self.dist, keep=True)
+        loss_parts = dist_utils.all_reduce_sum(loss_parts, self.dist)
+        metrics = acc.result()
+        metrics["loss"] = sum(getattr(weights, name) * loss_parts[2 * i] / max(loss_parts[2 * i + 1], 1e-12)
+                              for i, name in enumerate(terms))
+        return metrics
 
     def end_epoch(self) -> bool:
         """Validate, log, track the best model; returns False when training should stop."""
         cfg = self.cfg
         epoch, max_epochs = self.epoch, cfg["optim"]["max_epochs"]
         weights = self.loss_weights(epoch)
-        train_metrics = self.epoch_acc.result()
+        self._gather_epoch_metrics()
+        # every rank needs the totals: the best-model choice and the schedule depend on them
+        train_metrics = reduce_accumulator(self.epoch_acc, self.dist, keep=True).result()
         do_valid = len(self.valid_set) > 0 and ((epoch + 1) % cfg["train"]["valid_every"] == 0
                                                 or epoch + 1 == max_epochs)
         valid_metrics = self.validate(weights) if do_valid else {}
@@ -437,7 +625,8 @@ class Trainer:
             if metric < self.best_metric:
                 self.best_metric, self.best_epoch, is_best = metric, epoch, True
                 self.bad_validations = 0
-                self._save_model_file("best_model.pt", {"epoch": epoch, "metric": metric, "metrics": judged})
+                if self.is_main:
+                    self._save_model_file("best_model.pt", {"epoch": epoch, "metric": metric, "metrics": judged})
             else:
                 self.bad_validations += 1
             if self.schedule.end_epoch(epoch, judged.get("loss", metric)):
@@ -445,7 +634,8 @@ class Trainer:
         row["best"] = int(is_best)
         row = {k: row.get(k, math.nan) for k in HISTORY_COLUMNS}
         self.history.append(row)
-        self._write_csv()
+        if self.is_main:
+            self._write_csv()
         if self.wandb is not None:
             self.wandb.log(row)
         line = (f"epoch {epoch + 1:>4d}/{max_epochs}  loss {train_metrics['loss']:.4g}  "
@@ -472,14 +662,15 @@ class Trainer:
                 self.stopped_early = True
                 keep_going = False
         self.save_checkpoint()
-        if epoch % 10 == 9:
+        if epoch % 10 == 9 and self.is_main:
             self.write_learning_curve()
         return keep_going
 
     def fit(self) -> Dict[str, Any]:
         """Train to ``optim.max_epochs`` (or early stopping); returns where the results are."""
         cfg = self.cfg
-        if cfg["logging"]["wandb"]:
+        self._t_start = time.perf_counter()
+        if cfg["logging"]["wandb"] and self.is_main:
             self.wandb = WandbLogger(cfg, self.run_dir, self.wandb_id)
             self.wandb_id = self.wandb.id
         max_epochs = cfg["optim"]["max_epochs"]
@@ -503,18 +694,35 @@ class Trainer:
                     self.log(f"stage two from epoch {self.epoch + 1}: lr {cfg['stage_two']['lr']:.3g}, loss weights "
                              f"energy {w.energy:g} forces {w.forces:g} stress {w.stress:g}")
                 self.train_epoch()
-                keep_going = self.end_epoch()
+                if self.step_in_epoch >= self.batches_per_epoch:
+                    keep_going = self.end_epoch()
+                if self.out_of_time:
+                    budget = cfg["train"]["max_time_minutes"]
+                    self.log(f"time budget of {budget:g} min reached after step {self.global_step} (epoch "
+                             f"{self.epoch + (1 if self.step_in_epoch else 0)}, batch {self.step_in_epoch}/"
+                             f"{self.batches_per_epoch}): stopping; `mlip train` on this run directory continues")
+                    if self.step_in_epoch:
+                        self.save_checkpoint()  # the exact position inside the epoch, for a resume
+                    keep_going = False
         finally:
-            self.write_learning_curve()
+            if self.is_main:
+                self.write_learning_curve()
             if self.wandb is not None:
                 self.wandb.finish()
-        last = self._save_model_file("last_model.pt", {"epoch": self.epoch - 1})
+        last = os.path.join(self.run_dir, "last_model.pt")
         best = os.path.join(self.run_dir, "best_model.pt")
+        results: Dict[str, Dict[str, float]] = {}
+        if self.is_main:
+            self._save_model_file("last_model.pt", {"epoch": self.epoch - 1, "global_step": self.global_step})
+            if not os.path.exists(best):
+                best = last
+            results = self.final_evaluation(best)
+        dist_utils.barrier(self.dist)
         if not os.path.exists(best):
             best = last
-        results = self.final_evaluation(best)
         return {"best_model": best, "last_model": last, "run_dir": self.run_dir, "results": results,
-                "best_epoch": self.best_epoch, "checkpoint": self.last_checkpoint}
+                "best_epoch": self.best_epoch, "checkpoint": self.last_checkpoint,
+                "stopped_by_time": self.out_of_time, "global_step": self.global_step}
 
     # --- outputs ------------------------------------------------------------------------------
 
@@ -614,6 +822,24 @@ def _architecture_keys(arch: str) -> List[str]:
     return keys
 
 
+def reduce_accumulator(acc: ErrorAccumulator, info: "dist_utils.DistInfo", keep: bool) -> ErrorAccumulator:
+    """The sum over ranks of ``acc`` when ``keep`` (else an empty one); ``acc`` itself in one process."""
+    if not info.enabled:
+        return acc
+    values = [x for q in sorted(acc.sums) for x in acc.sums[q]] + [acc.loss_sum, float(acc.loss_count)]
+    total = dist_utils.all_reduce_sum(values, info)
+    out = ErrorAccumulator()
+    if keep:
+        for i, q in enumerate(sorted(acc.sums)):
+            out.sums[q] = total[3 * i: 3 * i + 3]
+        out.loss_sum, out.loss_count = total[-2], int(round(total[-1]))
+    return out
+
+
 def train(cfg: Dict[str, Any], resume: Optional[bool] = None, echo: bool = True) -> Dict[str, Any]:
-    """Run (or continue) the training described by a validated config."""
-    return Trainer(cfg, resume=resume, echo=echo).fit()
+    """Run (or continue) the training described by a validated config (under torchrun: this
+    process's part of it; the process group is closed at the end)."""
+    try:
+        return Trainer(cfg, resume=resume, echo=echo).fit()
+    finally:
+        dist_utils.cleanup()

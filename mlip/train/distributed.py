@@ -1,0 +1,142 @@
+"""Multi-process training with torch.distributed, launched by ``torchrun``.
+
+``torchrun --nproc_per_node N -m mlip train CONFIG.yaml`` starts N processes with ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT``) in their environment;
+:func:`setup` reads them and initialises the process group: NCCL with one GPU per process
+(``cuda:LOCAL_RANK``) when the config's device resolves to CUDA, gloo on the CPU. Without those
+variables (or with ``WORLD_SIZE=1``) training is the ordinary single-process loop.
+
+How the trainer shares work (see :mod:`mlip.train.trainer`):
+
+* every rank reads the data and builds the same train/validation split (it depends on the seed);
+  statistics are computed on rank 0 only and broadcast;
+* ``data.batch_size`` is the *global* batch: each epoch's permutation of the training set is a
+  function of (seed, epoch) as in one process, cut into the same global batches, and rank r takes
+  the structures ``batch[r::world_size]`` of each one. The global batches therefore do not
+  depend on the number of processes;
+* the loss of each rank is its share of the global batch's loss (sums over its structures
+  divided by the global label counts, which are all-reduced); DistributedDataParallel averages
+  gradients, so each rank's loss is multiplied by ``world_size`` and the summed gradient is the
+  gradient of the whole batch, as in one process;
+* training and validation metrics are sums and counts, all-reduced;
+* only rank 0 writes the log, metrics.csv, checkpoints, model files and plots.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
+
+import torch
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = DistInfo()
+
+
+def env_world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def setup(device_name: str) -> tuple:
+    """(DistInfo, device) from the torchrun environment; initialises the process group once."""
+    import torch.distributed as dist
+
+    from mlip.errors import InputError
+
+    world = env_world_size()
+    if world <= 1:
+        return SINGLE, None
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise InputError("device cuda requested but no GPU is visible", key="device")
+        if local_rank >= torch.cuda.device_count():
+            raise InputError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible; "
+                             "use --nproc_per_node <= the number of GPUs", key="device")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                    backend=backend), device
+
+
+def cleanup() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _reduce_device(info: DistInfo) -> torch.device:
+    return torch.device("cuda", info.local_rank) if info.backend == "nccl" else torch.device("cpu")
+
+
+def all_reduce_sum(values: Sequence[float], info: DistInfo) -> List[float]:
+    """Element-wise sum over ranks of a list of floats (float64); identity in one process."""
+    if not info.enabled:
+        return [float(v) for v in values]
+    import torch.distributed as dist
+
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_reduce_device(info))
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu().tolist()
+
+
+def all_reduce_tensor(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum over ranks of a (detached) tensor, returned on the tensor's device."""
+    if not info.enabled:
+        return t
+    import torch.distributed as dist
+
+    out = t.detach().to(_reduce_device(info), torch.float64).clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(t.device)
+
+
+def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (picklable objects)."""
+    if not info.enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if info.rank == src else None]
+    dist.broadcast_object_list(box, src=src, device=_reduce_device(info))
+    return box[0]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def shard(indices: Sequence[int], info: DistInfo) -> List[int]:
+    """This rank's share of a global batch: every world_size-th structure from its rank on."""
+    return list(indices[info.rank::info.world_size])
