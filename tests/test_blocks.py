@@ -115,3 +115,25 @@ def test_interaction_block_equivariant():
     f = lambda x, y: to_e3nn(block(from_e3nn(x, irreps, C), types, y, radial, edge_index), out_irreps)
     assert_equivariant(f, args_in=[torch.randn(n, block.irreps_in.dim), torch.randn(e, 9)],
                        irreps_in=[block.irreps_in, o3.Irreps("0e+1o+2e")], irreps_out=[block.irreps_out])
+
+
+@pytest.mark.parametrize("l_max,parity", [(1, False), (2, True), (3, True)])
+def test_grouped_message_equals_reference(l_max, parity):
+    irreps = hidden_irreps(l_max, parity)
+    spec = TensorProductSpec(irreps, sh_irreps(l_max, parity), irreps)
+    n, e = 7, 25
+    args = [torch.randn(n, spec.dim_in, C, requires_grad=True), torch.randn(e, spec.dim_sh, requires_grad=True),
+            torch.randn(e, spec.num_paths, C, requires_grad=True)]
+    edge_index = torch.randint(0, n, (2, e))
+    ref = message_reference(*args, edge_index, spec.cg_tensor(), spec.path_of_output(), n)
+    mp = MessagePassing(spec, C, backend="torch")
+    out = mp(*args, edge_index)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g_ref = torch.autograd.grad(ref.pow(2).sum(), args, create_graph=True)
+    g_out = torch.autograd.grad(out.pow(2).sum(), args, create_graph=True)
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+    gg_ref = torch.autograd.grad(sum(g.pow(2).sum() for g in g_ref), args)
+    gg_out = torch.autograd.grad(sum(g.pow(2).sum() for g in g_out), args)
+    for a, b in zip(gg_out, gg_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -7,7 +7,7 @@ touches per-edge messages, so a fused kernel can replace it without changing the
 :class:`MessagePassing` dispatches on ``backend`` ("auto", "torch" or "triton").
 """
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -33,6 +33,28 @@ def message_reference(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weig
     return out.index_add_(0, receiver, messages)
 
 
+def message_grouped(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
+                    edge_index: torch.Tensor, cg: torch.Tensor, weight_groups: List[Tuple[int, int, int, int]],
+                    num_nodes: int) -> torch.Tensor:
+    """Same result as :func:`message_reference`, faster: weights broadcast over each block of
+    paths that share an output irrep (paths ordered by output irrep, see
+    ``TensorProductSpec.weight_groups``) instead of being gathered per output component, which
+    saves a [E, Dout, C] copy and, in the backward, a scatter of the same size."""
+    receiver, sender = edge_index[0], edge_index[1]
+    d_in, d_sh, d_out = cg.shape
+    channels = node_feats.shape[2]
+    n_edges = edge_sh.shape[0]
+    coupling = (edge_sh @ cg.transpose(0, 1).reshape(d_sh, d_in * d_out)).view(-1, d_in, d_out)
+    messages = torch.bmm(coupling.transpose(1, 2), node_feats.index_select(0, sender))  # [E, Dout, C]
+    parts: List[torch.Tensor] = []
+    for first, count, comp, m in weight_groups:
+        block = messages[:, comp:comp + count * m].reshape(n_edges, count, m, channels)
+        parts.append((block * edge_weights[:, first:first + count].unsqueeze(2)).reshape(n_edges, count * m, channels))
+    weighted = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    out = torch.zeros(num_nodes, d_out, channels, dtype=weighted.dtype, device=weighted.device)
+    return out.index_add_(0, receiver, weighted)
+
+
 class MessagePassing(nn.Module):
     """Channel-wise tensor-product convolution over a graph; declares its irreps like e3nn.
 
@@ -50,6 +72,7 @@ class MessagePassing(nn.Module):
         self.num_paths = spec.num_paths
         self.register_buffer("cg", spec.cg_tensor(torch.get_default_dtype()))
         self.register_buffer("path_of_output", spec.path_of_output())
+        self.weight_groups: List[Tuple[int, int, int, int]] = spec.weight_groups()
         from mlip.nn.irreps import e3nn_irreps
         self.irreps_in = e3nn_irreps(spec.irreps_in, channels)
         self.irreps_sh = e3nn_irreps(spec.irreps_sh, 1)
@@ -59,8 +82,8 @@ class MessagePassing(nn.Module):
                 edge_index: torch.Tensor) -> torch.Tensor:
         if self._use_fused(node_feats):
             return self._fused(node_feats, edge_sh, edge_weights, edge_index)
-        return message_reference(node_feats, edge_sh, edge_weights, edge_index, self.cg.to(node_feats.dtype),
-                                 self.path_of_output, node_feats.shape[0])
+        return message_grouped(node_feats, edge_sh, edge_weights, edge_index, self.cg.to(node_feats.dtype),
+                               self.weight_groups, node_feats.shape[0])
 
     @torch.jit.unused
     def _fused(self, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,

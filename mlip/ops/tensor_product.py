@@ -45,6 +45,11 @@ class TensorProductSpec:
                 for l3 in range(abs(l1 - l2), l1 + l2 + 1):
                     if (l3, p1 * p2) in allowed:
                         self.paths.append(Path(i_in, i_sh, l3, p1 * p2))
+        # Order paths by output irrep: paths with the same (l_out, p_out) then form one block of
+        # equal-sized slices, over which per-path weights broadcast without a gather (see
+        # weight_groups). The order is internal: every consumer reads irreps_out.
+        rank = {ir: k for k, ir in enumerate(self.irreps_out_allowed)}
+        self.paths.sort(key=lambda p: rank[(p.l_out, p.p_out)])
         if not self.paths:
             raise ValueError(f"no tensor-product path from {self.irreps_in} x {self.irreps_sh} "
                              f"to any of {self.irreps_out_allowed}")
@@ -86,6 +91,21 @@ class TensorProductSpec:
     def path_of_output(self) -> torch.Tensor:
         """[dim_out] int64: which path each output component belongs to."""
         return torch.tensor([k for k, p in enumerate(self.paths) for _ in range(2 * p.l_out + 1)], dtype=torch.long)
+
+    def weight_groups(self) -> List[Tuple[int, int, int, int]]:
+        """(first path, path count, first output component, 2l+1) for each run of paths with the
+        same output irrep: out[:, a:a+n*m].view(E, n, m, C) * W[:, p:p+n, None, :]."""
+        groups: List[Tuple[int, int, int, int]] = []
+        start = 0
+        for k, p in enumerate(self.paths):
+            m = 2 * p.l_out + 1
+            if groups and (self.paths[k - 1].l_out, self.paths[k - 1].p_out) == (p.l_out, p.p_out):
+                first, count, comp, mm = groups[-1]
+                groups[-1] = (first, count + 1, comp, mm)
+            else:
+                groups.append((k, 1, start, m))
+            start += m
+        return groups
 
     def sparse_entries(self) -> List[Tuple[int, int, int, float]]:
         """Non-zero CG entries (i, j, k, value): the kernels unroll over these."""
