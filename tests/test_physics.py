@@ -21,8 +21,14 @@ CONFIGS = {
     "nequip-so3-l3": dict(architecture="nequip", num_layers=2, channels=4, l_max=3, parity=False, r_max=R_MAX),
 }
 if "mace" in ARCHITECTURES:
-    CONFIGS["mace"] = dict(architecture="mace", num_interactions=2, channels=6, max_L=1, l_max=2, correlation=3,
-                           r_max=R_MAX)
+    _MACE_VARIANTS = {
+        "mace-c1-L1": dict(correlation=1, max_L=1, l_max=1, num_interactions=2),
+        "mace-c2-L2-l3": dict(correlation=2, max_L=2, l_max=3, num_interactions=2),
+        "mace-c3-L0-3layers": dict(correlation=3, max_L=0, l_max=2, num_interactions=3),
+        "mace-c3-so3": dict(correlation=3, max_L=1, l_max=2, num_interactions=2, parity=False),
+    }
+    for _name, _cfg in _MACE_VARIANTS.items():
+        CONFIGS[_name] = dict(architecture="mace", channels=6, r_max=R_MAX, **_cfg)
 
 
 def _model(name, dtype=torch.float64, seed=0):
