@@ -148,8 +148,10 @@ def transfer_weights(model: torch.nn.Module, old_state: Mapping[str, torch.Tenso
     """Copy the foundation's tensors into ``model`` (built for n_new >= n_old species, old first).
 
     Equal shapes are copied whole; a tensor whose shape differs in exactly one dimension, of
-    size n_old in the foundation and n_new here, gets the old rows along it and keeps its fresh
-    values for the new species. Statistics buffers (scale_shift) stay as built from the config.
+    size k * n_old in the foundation and k * n_new here, is taken to be species-major along it
+    (species s at s*k ... s*k + k - 1: the embedding, the species-dependent self-connection of
+    mlip.nn, MACE's product weights) and gets the old species' entries, keeping the fresh values
+    of the new species. Statistics buffers (scale_shift) stay as built from the config.
     """
     state = model.state_dict()
     report: Dict[str, List[str]] = {"copied": [], "species_rows": [], "from_config": []}
@@ -168,10 +170,14 @@ def transfer_weights(model: torch.nn.Module, old_state: Mapping[str, torch.Tenso
             report["copied"].append(key)
             continue
         dims = [d for d in range(new.dim()) if old.dim() == new.dim() and old.shape[d] != new.shape[d]]
-        if len(dims) == 1 and old.shape[dims[0]] == n_old and new.shape[dims[0]] == n_new:
-            new.narrow(dims[0], 0, n_old).copy_(old.to(new.dtype))
-            report["species_rows"].append(key)
-            continue
+        if len(dims) == 1:
+            d = dims[0]
+            a, b = old.shape[d], new.shape[d]
+            # a species dimension, or species-major blocks (species s at s*k ... s*k + k - 1)
+            if a % n_old == 0 and b % n_new == 0 and a // n_old == b // n_new:
+                new.narrow(d, 0, a).copy_(old.to(new.dtype))
+                report["species_rows"].append(key)
+                continue
         raise InputError(f"cannot transfer {key}: shape {tuple(old.shape)} in the foundation model, "
                          f"{tuple(new.shape)} here", key="finetune.from")
     model.load_state_dict(state)
