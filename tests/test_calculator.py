@@ -180,7 +180,7 @@ def test_nve_conserves_energy(files):
     from mlip import MLIPCalculator
     from mlip.deploy.export import export_model
 
-    config = dict(TINY_CONFIG, atomic_energy_scales=[30.0, 30.0])
+    config = dict(TINY_CONFIG, atomic_energy_scales=[10.0, 10.0])
     ck = make_checkpoint(files["dir"] / "stiff.pth", seed=7, config=config)
     export_model(ck, str(files["dir"] / "stiff.nequip.pth"))
     atoms = triclinic(seed=8).repeat((2, 1, 1))

@@ -23,8 +23,15 @@ class ScalarReadout(nn.Module):
 
 
 class ScaleShift(nn.Module):
-    """E_i = scale[type_i] * e_i + shift[type_i]: shifts are the isolated-atom energies E0 (eV),
-    scales the typical force magnitude (eV/A) so the network itself works in unit-variance terms."""
+    """E_i = scale[type_i] * e_i + shift[type_i] + correction[type_i].
+
+    ``shifts`` are the reference energies E0 (eV) from the data statistics, fixed; ``scales`` the
+    typical force magnitude (eV/A), so the network works in unit-variance terms. ``correction``
+    is a trainable per-species offset (eV, starts at 0): the untrained readout has a non-zero
+    mean, and when forces dominate the loss the energy gradient reaching the network is too weak
+    to remove that constant quickly. Adam moves this parameter by about ``lr`` per step whatever
+    the loss weights, so the offset goes in a few hundred steps.
+    """
 
     def __init__(self, num_types: int, scales: Union[Sequence[float], float] = 1.0, shifts: Union[Sequence[float], float] = 0.0,
                  ):
@@ -35,7 +42,8 @@ class ScaleShift(nn.Module):
         # (build the model with mlip.nn.build_model(dtype=...) rather than .to(dtype), which would cast them)
         self.register_buffer("scales", sc)
         self.register_buffer("shifts", sh)
+        self.correction = nn.Parameter(torch.zeros(num_types, dtype=torch.float64))
 
     def forward(self, atomic_energy: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         e = atomic_energy.to(torch.float64)
-        return self.scales[atom_types].unsqueeze(-1) * e + self.shifts[atom_types].unsqueeze(-1)
+        return self.scales[atom_types].unsqueeze(-1) * e + (self.shifts + self.correction)[atom_types].unsqueeze(-1)
