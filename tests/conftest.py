@@ -23,3 +23,21 @@ def shared_path(*parts: str) -> str:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def triton_interpreter():
+    """TRITON_INTERPRET=1 for one test module only (kernels then run on CPU tensors); the fused
+    path decides per kernel build, so other modules in the same process are unaffected."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        yield
+
+
+@pytest.fixture
+def float64_default():
+    """torch's default dtype float64 for one test, restored afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

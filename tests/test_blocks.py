@@ -16,12 +16,7 @@ from mlip.ops.tensor_product import TensorProductSpec
 C = 3
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 @pytest.mark.parametrize("l_max", [0, 1, 2, 3])

@@ -24,12 +24,7 @@ from mlip.nn.symmetric_contraction import SymmetricContraction, reachable_output
 C = 3
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def _random_o3(seed, improper):

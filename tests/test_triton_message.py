@@ -20,11 +20,7 @@ from mlip.ops.message import MessagePassing, message_reference  # noqa: E402
 from mlip.ops.tensor_product import TensorProductSpec, reachable_irreps  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _triton_interpreter():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        yield
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
 E, O = 1, -1

@@ -17,11 +17,7 @@ from mlip.nn.build import build_model  # noqa: E402
 from mlip.ops.message import MessagePassing  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _triton_interpreter():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        yield
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
 def small_batch(r_max):

@@ -26,13 +26,13 @@ import torch
 from torch import nn
 
 from mlip.data import keys as K
+from mlip.nn.edges import EdgeEmbedding
 from mlip.nn.build import register_architecture
 from mlip.nn.irreps import Irrep, e3nn_irreps, sh_irreps
 from mlip.nn.linear import IrrepsLinear, SpeciesLinear
 from mlip.nn.nequip import SpeciesEmbedding
-from mlip.nn.radial import RadialEmbedding, RadialMLP
+from mlip.nn.radial import RadialMLP
 from mlip.nn.readout import ScalarReadout, ScaleShift
-from mlip.nn.spherical_harmonics import SphericalHarmonics
 from mlip.nn.symmetric_contraction import SymmetricContraction, reachable_outputs
 from mlip.ops.message import MessagePassing
 from mlip.ops.tensor_product import TensorProductSpec, reachable_irreps
@@ -125,8 +125,7 @@ class MACEModel(nn.Module):
             raise ValueError(f"max_L must be between 0 and l_max={l_max}, got {max_L}")
         self.r_max = float(r_max)
         self.embedding = SpeciesEmbedding(num_types, channels)
-        self.radial = RadialEmbedding(r_max, num_bessel, cutoff_p)
-        self.sh = SphericalHarmonics(l_max)
+        self.edges = EdgeEmbedding(r_max, num_bessel, cutoff_p, l_max)
         irreps_sh = sh_irreps(l_max, parity)
         hidden = sh_irreps(max_L, parity)  # natural parity: 0e, 1o, 2e, ... (all even for SO(3))
         layers: List[MACELayer] = []
@@ -148,10 +147,7 @@ class MACEModel(nn.Module):
     def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         atom_types = data[K.ATOM_TYPES]
         edge_index = data[K.EDGE_INDEX]
-        vectors = data[K.EDGE_VECTORS]
-        lengths = torch.linalg.vector_norm(vectors, dim=-1)
-        edge_sh = self.sh(vectors)
-        edge_radial = self.radial(lengths)
+        edge_sh, edge_radial = self.edges(data[K.EDGE_VECTORS])
         x = self.embedding(atom_types)
         energy = torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
         for layer in self.layers:

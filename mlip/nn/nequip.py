@@ -11,11 +11,10 @@ import torch
 from torch import nn
 
 from mlip.data import keys as K
+from mlip.nn.edges import EdgeEmbedding
 from mlip.nn.interaction import NequIPInteraction
 from mlip.nn.irreps import hidden_irreps, sh_irreps
-from mlip.nn.radial import RadialEmbedding
 from mlip.nn.readout import ScalarReadout, ScaleShift
-from mlip.nn.spherical_harmonics import SphericalHarmonics
 
 
 class SpeciesEmbedding(nn.Module):
@@ -50,8 +49,7 @@ class NequIPModel(nn.Module):
             raise ValueError("num_layers must be at least 1")
         self.r_max = float(r_max)
         self.embedding = SpeciesEmbedding(num_types, channels)
-        self.radial = RadialEmbedding(r_max, num_bessel, cutoff_p)
-        self.sh = SphericalHarmonics(l_max)
+        self.edges = EdgeEmbedding(r_max, num_bessel, cutoff_p, l_max)
         irreps_sh = sh_irreps(l_max, parity)
         hidden = hidden_irreps(l_max, parity)
         layers: List[NequIPInteraction] = []
@@ -70,10 +68,7 @@ class NequIPModel(nn.Module):
     def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         atom_types = data[K.ATOM_TYPES]
         edge_index = data[K.EDGE_INDEX]
-        vectors = data[K.EDGE_VECTORS]
-        lengths = torch.linalg.vector_norm(vectors, dim=-1)
-        edge_sh = self.sh(vectors)
-        edge_radial = self.radial(lengths)
+        edge_sh, edge_radial = self.edges(data[K.EDGE_VECTORS])
         x = self.embedding(atom_types)
         for layer in self.layers:
             x = layer(x, atom_types, edge_sh, edge_radial, edge_index)

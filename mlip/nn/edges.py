@@ -1,0 +1,23 @@
+"""Edge embedding shared by every architecture: direction -> harmonics, length -> radial basis."""
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from mlip.nn.radial import RadialEmbedding
+from mlip.nn.spherical_harmonics import SphericalHarmonics
+
+
+class EdgeEmbedding(nn.Module):
+    """Edge vectors [E, 3] (Angstrom) -> (Y [E, (l_max+1)^2] of the unit direction, radial
+    features [E, num_bessel] of the length: Bessel basis times the cutoff envelope, 0 at r_max)."""
+
+    def __init__(self, r_max: float, num_bessel: int, cutoff_p: int, l_max: int):
+        super().__init__()
+        self.radial = RadialEmbedding(r_max, num_bessel, cutoff_p)
+        self.sh = SphericalHarmonics(l_max)
+        self.irreps_in = "1x1o"
+        self.irreps_out = self.sh.irreps_out
+
+    def forward(self, vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.sh(vectors), self.radial(torch.linalg.vector_norm(vectors, dim=-1))
