@@ -71,7 +71,6 @@ class MessagePassing(nn.Module):
         self.backend = backend
         self.num_paths = spec.num_paths
         self.register_buffer("cg", spec.cg_tensor(torch.get_default_dtype()))
-        self.register_buffer("path_of_output", spec.path_of_output())
         self.weight_groups: List[Tuple[int, int, int, int]] = spec.weight_groups()
         from mlip.nn.irreps import e3nn_irreps
         self.irreps_in = e3nn_irreps(spec.irreps_in, channels)
