@@ -67,6 +67,7 @@ import torch
 from torch import nn
 
 from mlip.checkpoint import is_torchscript_file  # noqa: F401  (re-exported for the calculator)
+from mlip.nn.potential import forces_and_virial, strained_edge_vectors
 
 EXTENSION = ".nequip.pth"
 EXPORT_FORMAT = "mlip-lammps-1"
@@ -107,21 +108,18 @@ class LammpsModel(nn.Module):
         else:
             shifts = torch.zeros(edge_index.shape[1], 3, dtype=f64, device=device)
 
-        strain = torch.zeros(1, 3, 3, dtype=f64, device=device).requires_grad_(True)
-        sym = 0.5 * (strain + strain.transpose(1, 2))
-        pos_s = pos + pos @ sym[0]
-        cell_s = cell + torch.bmm(cell, sym)
-        receiver, sender = edge_index[0], edge_index[1]
-        vectors = pos_s.index_select(0, sender) - pos_s.index_select(0, receiver) + shifts @ cell_s[0]
+        # geometry in float64 (large coordinates keep their precision), the network in its own dtype
+        batch = torch.zeros(n, dtype=torch.long, device=device)
+        vectors, strain = strained_edge_vectors(pos, cell, batch, edge_index, shifts, True)
 
         dtype = self.dtype_probe.dtype
         inner: Dict[str, torch.Tensor] = {
-            "pos": pos_s.to(dtype),
+            "pos": pos.to(dtype),
             "atom_types": atom_types,
             "edge_index": edge_index,
             "edge_cell_shift": shifts.to(dtype),
-            "cell": cell_s.to(dtype),
-            "batch": torch.zeros(n, dtype=torch.long, device=device),
+            "cell": cell.to(dtype),
+            "batch": batch,
             "num_atoms": torch.full([1], n, dtype=torch.long, device=device),
             "pbc": torch.ones(1, 3, dtype=torch.bool, device=device),
             "edge_vectors": vectors.to(dtype),
@@ -129,11 +127,9 @@ class LammpsModel(nn.Module):
         out = self.energy_model(inner)
         atomic_energy = out["atomic_energy"].to(f64).view(n, 1)
         total = atomic_energy.sum().view(1, 1)
-        grads = torch.autograd.grad([total.sum()], [pos, strain], allow_unused=True)
-        g_pos = grads[0]
-        g_strain = grads[1]
-        forces = -g_pos if g_pos is not None else torch.zeros_like(pos)
-        virial = -g_strain if g_strain is not None else torch.zeros_like(strain)
+        forces, virial = forces_and_virial(total.view(1), pos, strain, False)
+        if virial is None:
+            virial = torch.zeros(1, 3, 3, dtype=f64, device=device)
         return {
             "atomic_energy": atomic_energy.detach(),
             "total_energy": total.detach(),
