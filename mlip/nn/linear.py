@@ -19,7 +19,6 @@ class IrrepsLinear(nn.Module):
     def __init__(self, irreps_in: Sequence[Irrep], irreps_out: Sequence[Irrep], channels_in: int, channels_out: int,
                  allow_missing: bool = False):
         super().__init__()
-        self.irreps_in_list, self.irreps_out_list = list(irreps_in), list(irreps_out)
         self.irreps_in = e3nn_irreps(irreps_in, channels_in)
         self.irreps_out = e3nn_irreps(irreps_out, channels_out)
         in_sl = irreps_slices(irreps_in)
@@ -27,32 +26,27 @@ class IrrepsLinear(nn.Module):
         for ir, sl in zip(irreps_in, in_sl):
             groups.setdefault(ir, []).append(sl)
         self.channels_out = channels_out
-        self.plan: List[Tuple[List[int], int, float]] = []  # (input component index list, weight idx, scale)
+        # per output irrep with an input: its input components in one index buffer (start, stop),
+        # 2l+1 and the 1/sqrt(fan_in) scale; outputs without an input are zero (allow_missing)
+        flat: List[int] = []
+        self.bounds: List[Tuple[int, int, int, float]] = []
+        self.present: List[bool] = []
         weights = []
         for ir in irreps_out:
+            if ir not in groups and not allow_missing:
+                raise ValueError(f"IrrepsLinear: output irrep {ir} has no input among {self.irreps_in}")
+            self.present.append(ir in groups)
             if ir not in groups:
-                if not allow_missing:
-                    raise ValueError(f"IrrepsLinear: output irrep {ir} has no input among {self.irreps_in}")
-                self.plan.append(([], -1, 0.0))  # no path: this output is zero
                 continue
             copies = groups[ir]
             comps = [c for a, b in copies for c in range(a, b)]  # copies stacked: [k*(2l+1)]
             fan_in = channels_in * len(copies)
-            self.plan.append((comps, len(weights), 1.0 / math.sqrt(fan_in)))
+            self.bounds.append((len(flat), len(flat) + len(comps), 2 * ir[0] + 1, 1.0 / math.sqrt(fan_in)))
+            flat.extend(comps)
             weights.append(nn.Parameter(torch.randn(fan_in, channels_out)))
         self.weights = nn.ParameterList(weights)
-        # one index buffer for all outputs; (start, stop) into it, static per output irrep
-        flat: List[int] = []
-        self.bounds: List[Tuple[int, int, int, float]] = []  # (start, stop, 2l+1, scale)
-        self.present: List[bool] = []
-        for (comps, w_idx, scale), ir in zip(self.plan, irreps_out):
-            self.present.append(w_idx >= 0)
-            if w_idx >= 0:
-                self.bounds.append((len(flat), len(flat) + len(comps), 2 * ir[0] + 1, scale))
-                flat.extend(comps)
         self.out_dims = [2 * l + 1 for l, _ in irreps_out]
         self.all_present = all(self.present)
-        del self.plan
         self.register_buffer("index", torch.tensor(flat, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
