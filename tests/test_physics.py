@@ -227,3 +227,13 @@ def test_training_mode_keeps_force_graph():
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert grads.pop("energy_model.scale_shift.correction") is None
     assert all(g is not None for g in grads.values()) and any(float(g.abs().sum()) > 0 for g in grads.values())
+
+
+def test_stress_alone_and_inputs_untouched(rng):
+    model = _model("nequip-o3")
+    tm = TypeMapper(TYPES)
+    g = frame_to_graph(frames_from_atoms_list([_crystal(rng)])[0], tm, R_MAX)
+    both = model(g, compute_forces=True, compute_stress=True)
+    only = model(g, compute_forces=False, compute_stress=True)
+    torch.testing.assert_close(only[K.STRESS], both[K.STRESS], rtol=0, atol=0)
+    assert not g[K.POSITIONS].requires_grad  # the caller's positions were not turned into a graph leaf

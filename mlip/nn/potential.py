@@ -78,8 +78,8 @@ class Potential(nn.Module):
         batch = data[K.BATCH]
         edge_index = data[K.EDGE_INDEX]
         num_structures = cell.shape[0]
-        if compute_forces and not pos.requires_grad:
-            pos = pos.requires_grad_(True)
+        if (compute_forces or compute_stress) and not pos.requires_grad:
+            pos = pos.detach().requires_grad_(True)  # a leaf of our own: the caller's tensor is left alone
         vectors, strain = strained_edge_vectors(pos, cell, batch, edge_index, data[K.EDGE_CELL_SHIFT], compute_stress)
         data[K.EDGE_VECTORS] = vectors
         data = self.energy_model(data)
