@@ -231,6 +231,7 @@ class HDF5Dataset(Dataset):
         self._pid = os.getpid()
         self._ptrs: Dict[int, Dict[str, np.ndarray]] = {}
         self._reported: set = set()
+        self._info: Optional[Dict[str, np.ndarray]] = None
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -251,6 +252,43 @@ class HDF5Dataset(Dataset):
                 raise InputError(f"cannot open shard ({type(exc).__name__}: {_first_line(exc)})", path) from None
             self._files[shard], self._ptrs[shard] = h5, ptrs
         return self._files[shard], self._ptrs[shard]
+
+    def frame_info(self) -> Dict[str, np.ndarray]:
+        """Per-frame sizes and label flags of every frame, read once from the small per-frame
+        datasets (no positions): ``num_atoms`` [F] i4, ``has_energy``, ``has_forces``,
+        ``has_stress`` and ``periodic`` [F] bool. About 8 bytes a frame."""
+        if self._info is None:
+            parts: Dict[str, List[np.ndarray]] = {k: [] for k in ("num_atoms", "has_energy", "has_forces",
+                                                                  "has_stress", "periodic")}
+            for shard in range(len(self.shard_paths)):
+                h5, ptrs = self._file(shard)
+                try:
+                    ptr = ptrs["atom_ptr"]
+                    sizes = np.diff(ptr)
+                    energy = h5["energy"][()]
+                    stress = h5["stress"][()].reshape(len(energy), 9)
+                    pbc = h5["pbc"][()]
+                    # a frame's forces are all present or all NaN: its first row decides
+                    first_fx = h5["forces"][:, 0][ptr[:-1][sizes > 0]] if sizes.any() else np.zeros(0)
+                except Exception as exc:
+                    raise InputError(f"cannot read the per-frame labels ({type(exc).__name__}: "
+                                     f"{_first_line(exc)})", self.shard_paths[shard]) from None
+                if not (len(energy) == len(sizes) == len(stress) == len(pbc)):
+                    raise InputError("per-frame arrays disagree in length (truncated shard?)", self.shard_paths[shard])
+                has_forces = np.zeros(len(sizes), dtype=bool)
+                has_forces[sizes > 0] = ~np.isnan(first_fx)
+                parts["num_atoms"].append(sizes.astype(np.int32))
+                parts["has_energy"].append(~np.isnan(energy))
+                parts["has_forces"].append(has_forces)
+                parts["has_stress"].append(~np.isnan(stress).any(axis=1))
+                parts["periodic"].append(pbc.any(axis=1))
+            self._info = {k: np.concatenate(v) for k, v in parts.items()}
+        return self._info
+
+    def source(self, index: int) -> str:
+        """``shard_path:frame`` of a frame, for messages and per-structure outputs."""
+        shard, local = self.locate(index)
+        return f"{self.shard_paths[shard]}:{local}"
 
     def locate(self, index: int):
         shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
@@ -306,6 +344,7 @@ class HDF5Dataset(Dataset):
     def __getstate__(self):  # DataLoader workers (spawn) get no open handles
         state = dict(self.__dict__)
         state["_files"], state["_ptrs"] = {}, {}
+        state["_info"] = None  # workers read frames; the flags are the trainer's business
         return state
 
 

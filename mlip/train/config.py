@@ -64,7 +64,8 @@ SCHEMA: Dict[str, Any] = {
     "output_dir": Field("str", "runs/mlip", "run directory: checkpoints, metrics, model, plots"),
     "data": {
         "root": Field("str", ".", "folder that relative data paths are taken from (relative to the cwd)"),
-        "train_file": Field("path", None, "training structures (extxyz/ASE format or rMD17 .npz)"),
+        "train_file": Field("path", None, "training structures: an extxyz/ASE file, an rMD17 .npz, or a "
+                            "folder written by `mlip preprocess` (sharded HDF5, read lazily)"),
         "train_index": Field("str", ":", "ASE index string selecting frames of train_file, e.g. '0:500'"),
         "valid_file": Field("path", None, "validation structures; alternative to valid_fraction", nullable=True),
         "valid_fraction": Field("float", 0.1, "fraction of train_file held out for validation (ignored "
@@ -95,6 +96,10 @@ SCHEMA: Dict[str, Any] = {
                             "(default: those in the training data, by atomic number)", nullable=True),
         "batch_size": Field("int", 4, "structures per training batch", low=1),
         "valid_batch_size": Field("int", 8, "structures per validation/test batch", low=1),
+        "num_workers": Field("int", 0, "DataLoader processes that read HDF5 shards and build graphs ahead "
+                             "of the training step (HDF5 folders only; 0 = in the training process)", low=0),
+        "skip_corrupt": Field("bool", False, "HDF5 folders: replace an unreadable frame by the next readable "
+                              "one (reported once) instead of stopping with an error naming shard and frame"),
         "E0s": Field("e0s", "least_squares", "per-species reference energies (eV): 'isolated' (from "
                      "single-atom structures), 'least_squares' (fit to training energies) or "
                      "{symbol: eV}"),

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -16,8 +17,10 @@ import torch
 from mlip.data import keys as K
 from mlip.data.frames import Frame, LabelKeys, NpzKeys, Units, read_frames
 from mlip.data.graph import Graph, TypeMapper, collate, frame_to_graph
+from mlip.data.hdf5 import MANIFEST, HDF5Dataset
 from mlip.errors import InputError
 from mlip.train.config import resolve_path
+from mlip.train.loss import LossWeights, label_counts
 
 
 def label_keys(cfg: Mapping[str, Any]) -> LabelKeys:
@@ -77,14 +80,104 @@ class GraphSet:
         self._has_stress = None
         return self
 
-    def has_label(self, key: str) -> bool:
-        return any(bool(g[key].sum() > 0) for g in self.graphs)
-
     def has_stress(self) -> bool:
         """Whether any structure has a stress label (and a cell to have a stress)."""
         if self._has_stress is None:
             self._has_stress = any(bool(g[K.STRESS_WEIGHT].sum() > 0) and bool(g[K.PBC].any()) for g in self.graphs)
         return self._has_stress
+
+    @property
+    def sources(self) -> List[str]:
+        return [f.source for f in self.frames]
+
+    def num_atoms(self) -> int:
+        return sum(len(f) for f in self.frames)
+
+    def label_counts(self, idx: Sequence[int], weights: LossWeights) -> Dict[str, float]:
+        """The loss denominators of the structures ``idx`` (see mlip.train.loss.label_counts)."""
+        counts: Dict[str, float] = {}
+        for i in idx:
+            for k, v in label_counts(self.graphs[i], weights).items():
+                counts[k] = counts.get(k, 0.0) + v
+        return counts
+
+
+class LazyGraphs(Sequence):
+    """The graphs of some frames of an HDF5 data set, read (and built) on access.
+
+    A view: slicing gives another view, so that nothing is loaded until an item is asked for.
+    Usable as a map-style torch Dataset (DataLoader workers each open their own shard handles).
+    """
+
+    def __init__(self, dataset: HDF5Dataset, indices: np.ndarray):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return LazyGraphs(self.dataset, self.indices[i])
+        return self.dataset[int(self.indices[i])]
+
+
+class _SourceNames(Sequence):
+    def __init__(self, dataset: HDF5Dataset, indices: np.ndarray):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset.source(int(self.indices[i]))
+
+
+class HDF5GraphSet:
+    """Frames ``indices`` of a preprocessed HDF5 folder (``mlip preprocess``), read lazily.
+
+    Memory: the shard pointers and per-frame label flags (about 24 bytes a frame); graphs are
+    read and built when a batch asks for them, in DataLoader workers when ``data.num_workers`` > 0.
+    """
+
+    def __init__(self, name: str, dataset: HDF5Dataset, indices: Optional[Sequence[int]] = None):
+        self.name = name
+        self.dataset = dataset
+        self.indices = np.arange(len(dataset), dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
+        info = dataset.frame_info()
+        self._atoms = info["num_atoms"][self.indices].astype(np.int64)
+        self._energy = info["has_energy"][self.indices]
+        self._forces = info["has_forces"][self.indices]
+        self._stress = info["has_stress"][self.indices]
+        self._periodic = info["periodic"][self.indices]
+        self.graphs = LazyGraphs(dataset, self.indices)
+        self.sources = _SourceNames(dataset, self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def has_stress(self) -> bool:
+        return bool(np.any(self._stress & self._periodic))
+
+    def num_atoms(self) -> int:
+        return int(self._atoms.sum())
+
+    def label_counts(self, idx: Sequence[int], weights: LossWeights) -> Dict[str, float]:
+        """As GraphSet.label_counts, from the flags alone (no frame is read)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        counts: Dict[str, float] = {}
+        if weights.energy > 0:
+            counts["energy"] = float(self._energy[idx].sum())
+        if weights.forces > 0:
+            counts["forces"] = 3.0 * float((self._atoms[idx] * self._forces[idx]).sum())
+        if weights.stress > 0:
+            counts["stress"] = 9.0 * float(self._stress[idx].sum())
+        return counts
+
+
+def is_hdf5_folder(path: str) -> bool:
+    """A folder written by ``mlip preprocess`` (or the path of its manifest.json)."""
+    return (os.path.isdir(path) and os.path.exists(os.path.join(path, MANIFEST))) or os.path.basename(path) == MANIFEST
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> List[int]:
@@ -99,9 +192,8 @@ def batch_indices(order: Sequence[int], batch_size: int) -> List[List[int]]:
     return [list(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
 
 
-def make_batch(graphs: Sequence[Graph], device: torch.device, dtype: torch.dtype) -> Graph:
-    """Collate and move to ``device``; float tensors become ``dtype`` except the reference energy."""
-    batch = collate(list(graphs))
+def to_device(batch: Graph, device: torch.device, dtype: torch.dtype) -> Graph:
+    """Move a collated batch to ``device``; float tensors become ``dtype`` except the reference energy."""
     out: Graph = {}
     for key, value in batch.items():
         if value.is_floating_point() and key != K.REF_ENERGY:
@@ -110,15 +202,39 @@ def make_batch(graphs: Sequence[Graph], device: torch.device, dtype: torch.dtype
     return out
 
 
+def make_batch(graphs: Sequence[Graph], device: torch.device, dtype: torch.dtype) -> Graph:
+    """Collate and move to ``device`` (see :func:`to_device`)."""
+    return to_device(collate(list(graphs)), device, dtype)
+
+
+def collated_batches(graphs: Sequence[Graph], index_batches: Sequence[Sequence[int]],
+                     workers: int = 0) -> Iterator[Graph]:
+    """The collated batches ``graphs[idx]`` for each ``idx`` of ``index_batches``, in order.
+
+    Graphs read from disk (:class:`LazyGraphs`) are read and built by ``workers`` DataLoader
+    processes ahead of use when ``workers`` > 0; graphs held in memory are collated directly.
+    """
+    if workers > 0 and isinstance(graphs, LazyGraphs) and len(index_batches):
+        from torch.utils.data import DataLoader
+
+        yield from DataLoader(graphs, batch_sampler=[list(i) for i in index_batches], collate_fn=collate,
+                              num_workers=workers, prefetch_factor=2)
+        return
+    for idx in index_batches:
+        yield collate([graphs[i] for i in idx])
+
+
 def iterate_batches(graphs: Sequence[Graph], batch_size: int, device: torch.device,
-                    dtype: torch.dtype) -> Iterator[tuple]:
-    """(indices, batch) in file order: for validation, testing and evaluation."""
-    for idx in batch_indices(range(len(graphs)), batch_size):
-        yield idx, make_batch([graphs[i] for i in idx], device, dtype)
+                    dtype: torch.dtype, indices: Optional[Sequence[int]] = None,
+                    workers: int = 0) -> Iterator[tuple]:
+    """(indices, batch) in file order (or over ``indices``): validation, testing, evaluation."""
+    batches = batch_indices(range(len(graphs)) if indices is None else indices, batch_size)
+    for idx, batch in zip(batches, collated_batches(graphs, batches, workers)):
+        yield idx, to_device(batch, device, dtype)
 
 
-def describe_sources(frames: Sequence[Frame], idx: Sequence[int], limit: int = 4) -> str:
-    names = [frames[i].source for i in idx[:limit]]
+def describe_sources(sources: Sequence[str], idx: Sequence[int], limit: int = 4) -> str:
+    names = [sources[i] for i in idx[:limit]]
     more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
     return ", ".join(names) + more
 
@@ -131,9 +247,5 @@ def file_stem(path: str) -> str:
     return os.path.splitext(base)[0]
 
 
-def data_summary(sets: Dict[str, GraphSet]) -> str:
-    parts = []
-    for name, s in sets.items():
-        atoms = sum(len(f) for f in s.frames)
-        parts.append(f"{name} {len(s)} structures ({atoms} atoms)")
-    return ", ".join(parts)
+def data_summary(sets: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name} {len(s)} structures ({s.num_atoms()} atoms)" for name, s in sets.items())

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         gs = GraphSet(name, frames).build(type_names, r_max)
         if not any(bool(g["energy_weight"].sum() + g["forces_weight"].sum()) for g in gs.graphs):
             raise InputError("no energy or forces labels to compare with (see --energy-key/--forces-key)", path)
-        pred = predict(model, gs.graphs, args.batch_size, device, gs.has_stress(), frames=frames, keep=True)
+        pred = predict(model, gs.graphs, args.batch_size, device, gs.has_stress(), sources=gs.sources, keep=True)
         if args.no_plots:
             pred.energy = pred.forces = pred.stress = [[], []]  # nothing to plot
         files = write_outputs(pred, out_dir, name)

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from mlip.data import keys as K
-from mlip.data.frames import Frame
 from mlip.data.graph import Graph
 from mlip.train.data import iterate_batches
 from mlip.train.metrics import ErrorAccumulator
@@ -41,7 +40,7 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
 
 
 def predict(model: torch.nn.Module, graphs: Sequence[Graph], batch_size: int, device: torch.device,
-            compute_stress: bool, frames: Optional[Sequence[Frame]] = None, keep: bool = False,
+            compute_stress: bool, sources: Optional[Sequence[str]] = None, keep: bool = False,
             loss_fn=None) -> Predictions:
     """Run ``model`` over ``graphs`` in file order. With ``keep``, per-structure rows and the
     arrays for parity plots are kept as well; ``loss_fn(out, batch) -> loss`` adds a mean loss."""
@@ -78,7 +77,7 @@ def predict(model: torch.nn.Module, graphs: Sequence[Graph], batch_size: int, de
             s_ref.append(ref_s[s_w].ravel())
             s_pred.append(stress[s_w].ravel())
         for b, i in enumerate(idx):
-            row: Dict[str, object] = {"index": i, "source": frames[i].source if frames is not None else str(i),
+            row: Dict[str, object] = {"index": i, "source": sources[i] if sources is not None else str(i),
                                       "num_atoms": int(n[b])}
             row["energy_ref_eV"] = float(ref_e[b]) if e_w[b] else math.nan
             row["energy_pred_eV"] = float(energy[b])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -191,3 +191,53 @@ def compute_statistics(train_frames: Sequence[Frame], train_graphs: Sequence[Map
     return Statistics(type_names=list(type_names), e0s=[float(e) for e in e0s], e0_method=method,
                       energy_scale=float(scale), avg_num_neighbors=float(average_num_neighbors(train_graphs)),
                       num_train=len(train_frames), num_valid=int(num_valid))
+
+
+def statistics_from_manifest(manifest: Mapping[str, Any], type_names: Sequence[str],
+                             e0_spec: Union[str, Mapping[str, float]], isolated: Sequence[Frame],
+                             sample: Callable[[], Tuple[Sequence[Frame], Sequence[Mapping[str, Any]]]],
+                             r_max: float, num_train: int, num_valid: int) -> Tuple[Statistics, str]:
+    """Statistics of a preprocessed HDF5 folder without a pass over its frames.
+
+    E0s (least squares) and the force RMS come from the streaming pass of ``mlip preprocess``
+    (recorded in manifest.json; they cover every frame of the folder). The neighbour count comes
+    from the manifest when its graphs were built with this ``r_max``. What the manifest lacks comes
+    from ``sample()``: (frames, graphs) of a sample of training structures, called only then.
+    Returns the statistics and a sentence saying where each number came from.
+    """
+    stats = manifest.get("statistics") or {}
+    notes = []
+    if isinstance(e0_spec, Mapping):
+        e0s, method = e0s_given(e0_spec, type_names), "given"
+    elif e0_spec == "isolated":
+        e0s, method = e0s_from_isolated(isolated, type_names), "isolated"
+    elif e0_spec == "least_squares":
+        fitted = stats.get("e0_least_squares") or {}
+        missing = [s for s in type_names if s not in fitted]
+        if missing:
+            raise InputError(f"E0s: the manifest has no least-squares E0 for species {missing} (no labelled "
+                             "structure contains them); give their E0s as a mapping {symbol: eV}", key="data.E0s")
+        e0s, method = np.array([float(fitted[s]) for s in type_names]), "least_squares"
+        notes.append("E0s from the manifest (all frames of the folder)")
+    else:
+        raise InputError(f"unknown E0s method {e0_spec!r}", key="data.E0s")
+    scale = stats.get("force_rms")
+    if scale is not None:
+        notes.append("force RMS from the manifest")
+    else:
+        frames = sample()[0]
+        scale = residual_energy_std(frames, type_names, e0s)
+        notes.append(f"energy scale from {len(frames)} sampled structures")
+    if scale is None or not math.isfinite(scale) or scale < 1e-6:
+        scale = 1.0
+    stored_r = manifest.get("graph_r_max")
+    if stats.get("avg_num_neighbors") and stored_r is not None and abs(float(stored_r) - r_max) < 1e-12:
+        avg = float(stats["avg_num_neighbors"])
+        notes.append("neighbour count from the manifest")
+    else:
+        graphs = sample()[1]
+        avg = average_num_neighbors(graphs)
+        notes.append(f"neighbour count from {len(graphs)} sampled structures")
+    return (Statistics(type_names=list(type_names), e0s=[float(e) for e in e0s], e0_method=method,
+                       energy_scale=float(scale), avg_num_neighbors=float(avg), num_train=int(num_train),
+                       num_valid=int(num_valid)), "; ".join(notes))

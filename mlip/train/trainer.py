@@ -21,6 +21,7 @@ repeats the uninterrupted one bit for bit on the CPU.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -40,7 +41,7 @@ from mlip.train.checkpoints import CheckpointDir, rng_state, seed_everything, se
 from mlip.train.config import MODEL_SECTION, dump_config
 from mlip.train.ema import EMA
 from mlip.train.evaluation import predict, write_outputs
-from mlip.train.loss import LossWeights, compute_loss, label_counts, loss_sums
+from mlip.train.loss import LossWeights, compute_loss, loss_sums
 from mlip.train.metrics import ErrorAccumulator, QUANTITIES, format_errors, format_table, weighted_metric
 from mlip.train.schedule import LRSchedule
 from mlip.train.statistics import Statistics, compute_statistics, infer_type_names, split_isolated
@@ -225,49 +226,30 @@ class Trainer:
     def _setup_data(self) -> None:
         cfg, dcfg = self.cfg, self.cfg["data"]
         r_max = self._r_max()
-        frames = D.read_config_file(cfg, dcfg["train_file"], dcfg["train_index"])
-        isolated, frames = split_isolated(frames, r_max)
-        if dcfg["isolated_atoms_file"]:
-            isolated += D.read_config_file(cfg, dcfg["isolated_atoms_file"])
-        if not frames:
-            raise InputError("no training structures (besides isolated atoms)", D.resolve_path(cfg, dcfg["train_file"]))
-        if dcfg["valid_file"]:
-            train_frames = frames
-            valid_frames = split_isolated(D.read_config_file(cfg, dcfg["valid_file"]), r_max)[1]
-        else:
-            tr, va = D.split_indices(len(frames), dcfg["valid_fraction"], cfg["seed"])
-            train_frames, valid_frames = [frames[i] for i in tr], [frames[i] for i in va]
-        if self._resume_obj is not None:
-            type_names = list(self._resume_obj["model"]["type_names"])
-        elif self.foundation is not None:
-            type_names = FT.union_type_names(self.foundation["type_names"], dcfg["type_names"]
-                                             or infer_type_names(train_frames + valid_frames))
-        else:
-            type_names = dcfg["type_names"] or infer_type_names(train_frames + valid_frames)
-        self.type_names = type_names
         self.r_max = r_max
-        self.isolated = isolated
-        self.train_set = D.GraphSet("train", train_frames).build(type_names, r_max)
-        self.valid_set = D.GraphSet("valid", valid_frames).build(type_names, r_max)
+        isolated = D.read_config_file(cfg, dcfg["isolated_atoms_file"]) if dcfg["isolated_atoms_file"] else []
+        if D.is_hdf5_folder(D.resolve_path(cfg, dcfg["train_file"])):
+            compute, finetune_frames = self._setup_hdf5_data(isolated)
+        else:
+            compute, finetune_frames = self._setup_file_data(isolated)
         self.log(f"data: {D.data_summary({'train': self.train_set, 'valid': self.valid_set})}; "
-                 f"species {type_names}; r_max {r_max} A")
+                 f"species {self.type_names}; r_max {r_max} A")
         if self._resume_obj is not None:
             self.stats = Statistics.from_dict(self._resume_obj["statistics"])
         elif self.foundation is not None:
-            self.stats = self._on_main(lambda: self._finetune_statistics(train_frames, isolated, len(valid_frames)))
+            self.stats = self._on_main(lambda: self._finetune_statistics(finetune_frames(), self.isolated,
+                                                                         len(self.valid_set)))
         else:
-            # computed once, on rank 0, and broadcast (every rank holds the same data, but this way
-            # there is one set of numbers by construction)
-            def compute() -> Statistics:
+            # computed once, on rank 0, and broadcast: one set of numbers by construction
+            def on_main() -> Statistics:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    stats = compute_statistics(train_frames, self.train_set.graphs, type_names, dcfg["E0s"],
-                                               isolated, num_valid=len(valid_frames))
+                    stats = compute()
                 for w in caught:
                     self.log(f"warning: {w.message}")
                 return stats
 
-            self.stats = self._on_main(compute)
+            self.stats = self._on_main(on_main)
         e0 = ", ".join(f"{s} {e:.6g}" for s, e in self.stats.e0_map().items())
         self.log(f"statistics: E0s ({self.stats.e0_method}) [eV] {e0}; energy scale (force RMS) "
                  f"{self.stats.energy_scale:.4g} eV/A; avg neighbours {self.stats.avg_num_neighbors:.4g}")
@@ -275,6 +257,106 @@ class Trainer:
             with open(os.path.join(self.run_dir, "statistics.json"), "w") as fh:
                 json.dump(self.stats.to_dict(), fh, indent=1)
             dump_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
+
+    def _type_names(self, inferred: Callable[[], List[str]]) -> List[str]:
+        """Resume: the checkpoint's; fine-tuning: the foundation's plus new ones; else config or data."""
+        dcfg = self.cfg["data"]
+        if self._resume_obj is not None:
+            return list(self._resume_obj["model"]["type_names"])
+        if self.foundation is not None:
+            return FT.union_type_names(self.foundation["type_names"], dcfg["type_names"] or inferred())
+        return list(dcfg["type_names"] or inferred())
+
+    def _setup_file_data(self, isolated: List[Any]):
+        """ASE/npz files: every graph built once and held in memory."""
+        cfg, dcfg, r_max = self.cfg, self.cfg["data"], self.r_max
+        frames = D.read_config_file(cfg, dcfg["train_file"], dcfg["train_index"])
+        found_isolated, frames = split_isolated(frames, r_max)
+        isolated = found_isolated + isolated
+        if not frames:
+            raise InputError("no training structures (besides isolated atoms)", D.resolve_path(cfg, dcfg["train_file"]))
+        if dcfg["valid_file"]:
+            if D.is_hdf5_folder(D.resolve_path(cfg, dcfg["valid_file"])):
+                raise InputError("an HDF5 folder as valid_file needs an HDF5 folder as train_file too",
+                                 key="data.valid_file")
+            train_frames = frames
+            valid_frames = split_isolated(D.read_config_file(cfg, dcfg["valid_file"]), r_max)[1]
+        else:
+            tr, va = D.split_indices(len(frames), dcfg["valid_fraction"], cfg["seed"])
+            train_frames, valid_frames = [frames[i] for i in tr], [frames[i] for i in va]
+        self.type_names = type_names = self._type_names(lambda: infer_type_names(train_frames + valid_frames))
+        self.isolated = isolated
+        self.train_set = D.GraphSet("train", train_frames).build(type_names, r_max)
+        self.valid_set = D.GraphSet("valid", valid_frames).build(type_names, r_max)
+
+        def compute() -> Statistics:
+            return compute_statistics(train_frames, self.train_set.graphs, type_names, dcfg["E0s"], isolated,
+                                      num_valid=len(valid_frames))
+
+        return compute, lambda: train_frames
+
+    def _setup_hdf5_data(self, isolated: List[Any]):
+        """A folder of HDF5 shards (``mlip preprocess``): frames stay on disk and are read per batch.
+
+        Statistics come from the manifest's streaming pass (and a sample where it has none), so
+        start-up does not read every frame; the validation split is by index.
+        """
+        import numpy as np
+
+        from mlip.data.hdf5 import HDF5Dataset, read_manifest
+        from mlip.train.statistics import statistics_from_manifest
+
+        cfg, dcfg, r_max = self.cfg, self.cfg["data"], self.r_max
+        train_path = D.resolve_path(cfg, dcfg["train_file"])
+        if dcfg["train_index"] != ":":
+            raise InputError("selects frames of an ASE file; an HDF5 folder is used whole (write a folder "
+                             "with the frames you want using `mlip preprocess`)", key="data.train_index")
+        manifest = read_manifest(train_path)
+        valid_path = D.resolve_path(cfg, dcfg["valid_file"]) if dcfg["valid_file"] else None
+        valid_manifest = None
+        if valid_path is not None and D.is_hdf5_folder(valid_path):
+            valid_manifest = read_manifest(valid_path)
+
+        def inferred() -> List[str]:
+            from ase.data import atomic_numbers
+
+            symbols = set((manifest.get("statistics") or {}).get("species", {}))
+            if valid_manifest is not None:
+                symbols |= set((valid_manifest.get("statistics") or {}).get("species", {}))
+            return sorted(symbols, key=lambda s: atomic_numbers[s])
+
+        self.type_names = type_names = self._type_names(inferred)
+        self.isolated = isolated
+        dataset = HDF5Dataset(train_path, type_names, r_max, torch.float64, skip_corrupt=dcfg["skip_corrupt"])
+        if valid_path is None:
+            tr, va = D.split_indices(len(dataset), dcfg["valid_fraction"], cfg["seed"])
+            self.train_set = D.HDF5GraphSet("train", dataset, tr)
+            self.valid_set = D.HDF5GraphSet("valid", dataset, va)
+        else:
+            self.train_set = D.HDF5GraphSet("train", dataset)
+            if valid_manifest is not None:
+                self.valid_set = D.HDF5GraphSet("valid", HDF5Dataset(valid_path, type_names, r_max, torch.float64,
+                                                                     skip_corrupt=dcfg["skip_corrupt"]))
+            else:
+                frames = split_isolated(D.read_config_file(cfg, dcfg["valid_file"]), r_max)[1]
+                self.valid_set = D.GraphSet("valid", frames).build(type_names, r_max)
+
+        @functools.lru_cache(maxsize=1)
+        def sample(limit: int = 1000):
+            """A seeded sample of training frames and graphs, for what the manifest lacks."""
+            rng = np.random.default_rng(cfg["seed"])
+            picks = np.sort(rng.choice(len(self.train_set), size=min(limit, len(self.train_set)), replace=False))
+            frames = [dataset.read_frame(int(self.train_set.indices[i])) for i in picks]
+            graphs = [self.train_set.graphs[int(i)] for i in picks]
+            return frames, graphs
+
+        def compute() -> Statistics:
+            stats, where = statistics_from_manifest(manifest, type_names, dcfg["E0s"], isolated, sample, r_max,
+                                                    num_train=len(self.train_set), num_valid=len(self.valid_set))
+            self.log(f"statistics of {train_path}: {where}")
+            return stats
+
+        return compute, lambda: sample()[0]
 
     def _finetune_statistics(self, train_frames, isolated, num_valid: int) -> Statistics:
         """E0s for the extended species list; scale and neighbour count of the foundation model."""
@@ -475,7 +557,7 @@ class Trainer:
         where = self.last_checkpoint or "(none yet: the run diverged before its first checkpoint)"
         return TrainingDiverged(
             f"training stopped: {what} at epoch {self.epoch}, batch {self.step_in_epoch + 1}/{self.batches_per_epoch} "
-            f"(step {self.global_step + 1}; structures {D.describe_sources(self.train_set.frames, idx)}). "
+            f"(step {self.global_step + 1}; structures {D.describe_sources(self.train_set.sources, idx)}). "
             f"The weights were not updated with this batch. Last good checkpoint: {where}. "
             "Try a lower optim.lr, a smaller optim.clip_grad_norm or loss weights, float64, or check these "
             "structures' labels; `mlip train` resumes from that checkpoint.")
@@ -490,6 +572,13 @@ class Trainer:
         order = D.epoch_permutation(cfg["seed"], self.epoch, len(self.train_set))
         batches = D.batch_indices(order, cfg["data"]["batch_size"])
         params = [p for p in self.model.parameters() if p.requires_grad]
+        # this rank's share of each remaining global batch; a rank left without structures (last
+        # batch smaller than the world) runs one structure with zero weight, so that it takes
+        # part in the gradient all-reduce
+        remaining = batches[self.step_in_epoch:]
+        to_load = ([dist_utils.shard(idx, self.dist) or idx[:1] for idx in remaining] if self.dist.enabled
+                   else remaining)
+        stream = D.collated_batches(self.train_set.graphs, to_load, cfg["data"]["num_workers"])
         bar = None
         if self.progress_bar:
             from tqdm import tqdm
@@ -504,18 +593,12 @@ class Trainer:
                 lr = self.schedule.lr(self.epoch, self.global_step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
+                batch = D.to_device(next(stream), self.device, self.dtype)
                 if self.dist.enabled:
-                    # this rank's share of the global batch; its loss is its part of the global
-                    # batch's loss: sums over its structures / label counts of the whole batch
+                    # this rank's loss is its part of the global batch's loss: sums over its
+                    # structures / label counts of the whole batch (known from labels alone)
                     local = dist_utils.shard(idx, self.dist)
-                    # a rank left without structures (last batch smaller than the world) runs one
-                    # structure with zero weight, so that it takes part in the gradient all-reduce
-                    batch = D.make_batch([self.train_set.graphs[i] for i in (local or idx[:1])], self.device,
-                                         self.dtype)
-                    counts: Dict[str, float] = {}
-                    for i in idx:  # every rank holds every graph: no communication needed
-                        for k, v in label_counts(self.train_set.graphs[i], weights).items():
-                            counts[k] = counts.get(k, 0.0) + v
+                    counts = self.train_set.label_counts(idx, weights)
                     out = self.train_model(batch, compute_forces=True, compute_stress=need_stress, training=True)
                     loss, _ = loss_fn(out, batch, counts)
                     if not local:
@@ -528,7 +611,6 @@ class Trainer:
                     backward_loss = loss * self.dist.world_size
                 else:
                     local = idx
-                    batch = D.make_batch([self.train_set.graphs[i] for i in idx], self.device, self.dtype)
                     out = self.train_model(batch, compute_forces=True, compute_stress=need_stress, training=True)
                     loss, _ = loss_fn(out, batch)
                     loss_value = float(loss.detach())
@@ -562,6 +644,7 @@ class Trainer:
                     t0 = time.perf_counter()
                     self.save_checkpoint()
         finally:
+            stream.close()  # stops DataLoader workers still reading ahead
             if bar is not None:
                 bar.close()
         self.epoch_time += time.perf_counter() - t0
@@ -576,11 +659,12 @@ class Trainer:
         model = self._eval_model()
         model.eval()
         need_stress = self.valid_set.has_stress()
-        graphs = dist_utils.shard(self.valid_set.graphs, self.dist)
+        mine = dist_utils.shard(range(len(self.valid_set)), self.dist)
         acc = ErrorAccumulator()
         terms = [n for n in ("energy", "forces", "stress") if getattr(weights, n) > 0]
         loss_parts = [0.0] * (2 * len(terms))
-        for _, batch in D.iterate_batches(graphs, self.cfg["data"]["valid_batch_size"], self.device, self.dtype):
+        for _, batch in D.iterate_batches(self.valid_set.graphs, self.cfg["data"]["valid_batch_size"], self.device,
+                                          self.dtype, indices=mine, workers=self.cfg["data"]["num_workers"]):
             with torch.enable_grad():  # forces and stress are gradients
                 out = model(batch, compute_forces=True, compute_stress=need_stress, training=False)
             out = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in out.items()}
@@ -770,7 +854,7 @@ class Trainer:
             frames = D.read_config_file(self.cfg, path)
             sets.append((D.file_stem(path), D.GraphSet(D.file_stem(path), frames).build(self.type_names, self.r_max)))
         for name, gs in sets:
-            pred = predict(model, gs.graphs, bs, self.device, gs.has_stress(), frames=gs.frames, keep=True)
+            pred = predict(model, gs.graphs, bs, self.device, gs.has_stress(), sources=gs.sources, keep=True)
             write_outputs(pred, out_dir, name)
             rows[name] = pred.metrics
         if rows:
