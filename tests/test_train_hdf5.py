@@ -131,3 +131,16 @@ def test_two_processes_on_hdf5_match_one(data):
     ddp = dict(single, output_dir=str(data / "h5_ddp"))
     _torchrun(write_config(str(data / "h5_ddp.yaml"), ddp))
     _assert_same_run(ref, _latest(str(data / "h5_ddp")))
+
+
+def test_finetune_on_an_hdf5_folder(data, in_memory_run, tmp_path):
+    """Fine-tuning reads the new data from a folder: E0s kept, weights start at the foundation's."""
+    foundation = os.path.join(data, "xyz", "best_model.pt")
+    raw = _config(tmp_path, "ft", str(data / "valid_h5"), valid_fraction=0.34)
+    del raw["model"]
+    raw["finetune"] = {"from": foundation, "freeze": ["embedding"], "e0s": "keep"}
+    raw["optim"]["max_epochs"] = 1
+    run = _train(raw)
+    assert run["statistics"]["e0s"] == pytest.approx(in_memory_run["statistics"]["e0s"], rel=1e-12)
+    assert run["global_step"] == 1
+    assert "fine-tuning" in open(os.path.join(tmp_path, "ft", "log.txt")).read()
