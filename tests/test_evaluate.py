@@ -89,3 +89,24 @@ def test_evaluate_a_training_checkpoint_uses_ema(tmp_path, capsys):
     assert m["ema"]["forces_rmse"] == pytest.approx(m["last"]["forces_rmse"], rel=1e-12)
     assert m["ema"]["forces_rmse"] != m["raw"]["forces_rmse"]
     assert not any(f.endswith(".png") for f in os.listdir(out_ema))
+
+
+def test_evaluate_an_hdf5_folder_equals_the_file(model_and_data, capsys):
+    from mlip.data.hdf5 import write_shards
+
+    folder, path, data, model = model_and_data
+    write_shards(read_frames(data), str(folder / "lj_h5"), frames_per_shard=2)
+    assert main(["evaluate", path, data, "-o", str(folder / "e1")]) == 0
+    assert main(["evaluate", path, str(folder / "lj_h5") + "/", "-o", str(folder / "e2")]) == 0
+    a = json.load(open(os.path.join(folder, "e1", "lj_test_metrics.json")))
+    b = json.load(open(os.path.join(folder, "e2", "lj_h5_metrics.json")))
+    assert a.keys() == b.keys()
+    for key in a:
+        if a[key] is None:  # a quantity without labels
+            assert b[key] is None, key
+        else:
+            assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12), key
+    rows = list(csv.DictReader(open(os.path.join(folder, "e2", "lj_h5_per_structure.csv"))))
+    assert [r["source"].rsplit("/", 1)[-1] for r in rows] == ["shard_00000.h5:0", "shard_00000.h5:1",
+                                                             "shard_00001.h5:0", "shard_00001.h5:1",
+                                                             "shard_00002.h5:0"]

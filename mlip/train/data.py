@@ -86,6 +86,9 @@ class GraphSet:
             self._has_stress = any(bool(g[K.STRESS_WEIGHT].sum() > 0) and bool(g[K.PBC].any()) for g in self.graphs)
         return self._has_stress
 
+    def has_energy_or_forces(self) -> bool:
+        return any(bool(g[K.ENERGY_WEIGHT].sum() + g[K.FORCES_WEIGHT].sum()) for g in self.graphs)
+
     @property
     def sources(self) -> List[str]:
         return [f.source for f in self.frames]
@@ -161,6 +164,9 @@ class HDF5GraphSet:
 
     def num_atoms(self) -> int:
         return int(self._atoms.sum())
+
+    def has_energy_or_forces(self) -> bool:
+        return bool(np.any(self._energy | self._forces))
 
     def label_counts(self, idx: Sequence[int], weights: LossWeights) -> Dict[str, float]:
         """As GraphSet.label_counts, from the flags alone (no frame is read)."""
@@ -240,7 +246,7 @@ def describe_sources(sources: Sequence[str], idx: Sequence[int], limit: int = 4)
 
 
 def file_stem(path: str) -> str:
-    base = os.path.basename(path)
+    base = os.path.basename(os.path.normpath(path))
     for ext in (".extxyz", ".xyz", ".npz", ".traj", ".db", ".json", ".h5"):
         if base.endswith(ext):
             return base[: -len(ext)]

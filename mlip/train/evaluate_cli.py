@@ -16,7 +16,8 @@ from mlip.errors import InputError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file (best_model.pt, last_model.pt) or training checkpoint")
-    parser.add_argument("data", nargs="+", help="labelled structures: extxyz/ASE formats or rMD17 .npz")
+    parser.add_argument("data", nargs="+", help="labelled structures: extxyz/ASE formats, rMD17 .npz, "
+                        "or folders written by `mlip preprocess`")
     parser.add_argument("-o", "--output-dir", default=None,
                         help="where CSV, metrics and plots go (default: evaluate/ next to the model)")
     parser.add_argument("--batch-size", type=int, default=8, help="structures per batch (default 8)")
@@ -37,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mlip.checkpoint import build_from_record, load_file
     from mlip.data.frames import LabelKeys, Units, read_frames
-    from mlip.train.data import GraphSet, file_stem
+    from mlip.data.hdf5 import HDF5Dataset
+    from mlip.train.data import GraphSet, HDF5GraphSet, file_stem, is_hdf5_folder
     from mlip.train.evaluation import predict, write_outputs
     from mlip.train.metrics import format_table
     from mlip.train.trainer import resolve_device
@@ -62,9 +64,14 @@ def run(args: argparse.Namespace) -> int:
             name = f"{name}_{i}"
         units = Units(energy=args.energy_unit or ("kcal/mol" if path.endswith(".npz") else "eV"),
                       length=args.length_unit)
-        frames = read_frames(path, keys=keys, units=units, index=args.index)
-        gs = GraphSet(name, frames).build(type_names, r_max)
-        if not any(bool(g["energy_weight"].sum() + g["forces_weight"].sum()) for g in gs.graphs):
+        if is_hdf5_folder(path):  # `mlip preprocess` output: read lazily, labels already in eV, A
+            if args.index != ":":
+                raise InputError("--index selects frames of an ASE file; an HDF5 folder is evaluated whole", path)
+            gs = HDF5GraphSet(name, HDF5Dataset(path, type_names, r_max))
+        else:
+            frames = read_frames(path, keys=keys, units=units, index=args.index)
+            gs = GraphSet(name, frames).build(type_names, r_max)
+        if not gs.has_energy_or_forces():
             raise InputError("no energy or forces labels to compare with (see --energy-key/--forces-key)", path)
         pred = predict(model, gs.graphs, args.batch_size, device, gs.has_stress(), sources=gs.sources, keep=True)
         if args.no_plots:
