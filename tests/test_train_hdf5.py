@@ -6,8 +6,7 @@ import os
 
 import numpy as np
 import pytest
-import torch
-
+from test_ddp import _assert_same_run, _latest, _max_diff, _torchrun
 from test_train_helpers import TINY_MODEL, tiny_config, write_config, write_frames
 
 from mlip.data import read_frames
@@ -15,16 +14,6 @@ from mlip.data.hdf5 import write_shards
 from mlip.errors import InputError
 
 TOL = 1e-8
-
-
-def _latest(run_dir: str) -> dict:
-    path = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*.pt")))[-1]
-    return torch.load(path, weights_only=True)
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
 def _train(raw: dict):
@@ -122,8 +111,6 @@ def test_corrupt_frame_stops_training_unless_skipped(data, tmp_path):
 
 
 def test_two_processes_on_hdf5_match_one(data):
-    from test_ddp import _assert_same_run, _torchrun
-
     single = _config(data, "h5_single", str(data / "train_h5"), str(data / "valid_h5"))
     single["data"]["batch_size"] = 4  # 13 structures: batches 4,4,4,1 (rank 1 idle in the last)
     single.setdefault("train", {})["checkpoint_every_steps"] = 3
