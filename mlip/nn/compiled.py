@@ -1,0 +1,107 @@
+"""A :class:`~mlip.nn.potential.Potential` traced into one graph and compiled (opt-in speed path).
+
+Forces are -dE/dr by autograd, and force training differentiates them again; torch.compile
+(AOTAutograd) cannot compile a double backward. The work-around: trace the whole energy +
+forces (+ stress) computation, including its first autograd pass, into one flat graph of aten
+operations with ``make_fx``. That graph has only first-order operations, so AOTAutograd can
+compile it *and* its backward (the parameter gradients of a force loss), and inductor fuses the
+element-wise work on per-edge tensors that dominates the eager step.
+
+The traced graph is shape-generic (symbolic sizes), with two precautions, since a traced graph
+carries no runtime guards: sizes are not unified by value ("duck shaping" off), and a graph is
+traced per pattern of sizes 0 / 1 / more of every input, so that any specialisation on a size of
+1 (a single structure, say) is only reused where it holds.
+
+Parameters and buffers are inputs of the graph, not constants: the optimiser's updates are
+seen, and gradients reach the module's own parameters.
+"""
+import contextlib
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from mlip.data import keys as K
+from mlip.nn.potential import Potential
+
+OUTPUTS_FORCES = (K.TOTAL_ENERGY, K.FORCES)
+OUTPUTS_STRESS = (K.TOTAL_ENERGY, K.FORCES, K.VIRIAL, K.STRESS)
+
+
+@contextlib.contextmanager
+def _no_duck_shapes():
+    from torch.fx.experimental import _config as fx_config
+
+    old = fx_config.use_duck_shape
+    fx_config.use_duck_shape = False
+    try:
+        yield
+    finally:
+        fx_config.use_duck_shape = old
+
+
+class CompiledPotential:
+    """Callable like ``potential(data, compute_forces=True, compute_stress=..., training=...)``.
+
+    ``backend``: "inductor" (torch.compile; needs a C++ compiler on the CPU, Triton on GPU) or
+    None to run the traced graph as it is (no compiler; for checking the trace). The first call
+    for each pattern of input sizes traces and compiles (tens of seconds on a CPU); later calls
+    reuse it, with dynamic sizes.
+    """
+
+    def __init__(self, potential: Potential, backend: Optional[str] = "inductor"):
+        self.potential = potential
+        self.backend = backend
+        self._graphs: Dict[tuple, Callable] = {}
+
+    def __call__(self, data: Dict[str, torch.Tensor], compute_forces: bool = True, compute_stress: bool = False,
+                 training: bool = False) -> Dict[str, torch.Tensor]:
+        if not (compute_forces or compute_stress):
+            return self.potential(data, compute_forces=False, compute_stress=False, training=training)
+        keys = sorted(k for k, v in data.items() if torch.is_tensor(v))
+        inputs = [data[k] for k in keys]
+        params = [p for _, p in self.potential.named_parameters()]
+        if not (training and torch.is_grad_enabled()):
+            params = [p.detach() for p in params]  # nothing to differentiate: an inference graph
+        buffers = [b for _, b in self.potential.named_buffers()]
+        outputs = OUTPUTS_STRESS if compute_stress else OUTPUTS_FORCES
+        key = (tuple(keys), tuple((t.dtype, t.device, tuple(min(int(d), 2) for d in t.shape)) for t in inputs),
+               bool(compute_stress), bool(training), self.potential.training)
+        fn = self._graphs.get(key)
+        if fn is None:
+            fn = self._graphs[key] = self._build(keys, params, buffers, inputs, outputs, compute_stress, training)
+        result = fn(*params, *buffers, *inputs)
+        out = dict(data)
+        out.update(zip(outputs, result))
+        return out
+
+    def _build(self, keys: List[str], params: List[torch.Tensor], buffers: List[torch.Tensor],
+               inputs: List[torch.Tensor], outputs: Tuple[str, ...], compute_stress: bool, training: bool) -> Callable:
+        from torch.func import functional_call
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        pnames = [n for n, _ in self.potential.named_parameters()]
+        bnames = [n for n, _ in self.potential.named_buffers()]
+        n_p, n_b = len(pnames), len(bnames)
+        potential = self.potential
+
+        def energy_forces(*args):
+            state = dict(zip(pnames, args[:n_p]))
+            state.update(zip(bnames, args[n_p:n_p + n_b]))
+            data = dict(zip(keys, args[n_p + n_b:]))
+            out = functional_call(potential, state, (data,), {"compute_forces": True, "compute_stress": compute_stress,
+                                                              "training": training})
+            return tuple(out[k] for k in outputs)
+
+        from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+        with _no_duck_shapes():
+            try:
+                graph = make_fx(energy_forces, tracing_mode="symbolic")(*params, *buffers, *inputs)
+            except GuardOnDataDependentSymNode as exc:
+                # e.g. MACE's contraction, which groups atoms by species (torch.nonzero)
+                where = str(exc).split("Caused by:")[-1].strip().splitlines()[0] if "Caused by:" in str(exc) else ""
+                raise ValueError("this model cannot be traced into one graph: its shapes depend on the data "
+                                 f"({where}); use it without compile") from None
+        if self.backend is None:
+            return graph
+        return torch.compile(graph, backend=self.backend, dynamic=True)

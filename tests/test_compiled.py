@@ -1,0 +1,94 @@
+"""The traced/compiled potential (mlip.nn.compiled) computes what the eager one does: energies,
+forces, stress and the parameter gradients of a force loss, also on batches of other sizes than
+the one it was traced with. The fast tier checks the traced graph as it is; compiling it with
+inductor (slow: a C++ compile) is in the slow tier."""
+import numpy as np
+import pytest
+import torch
+
+from test_train_helpers import TINY_MODEL, lj_frames
+
+from mlip.data import GraphDataset, collate
+from mlip.data import keys as K
+from mlip.nn import build_model
+from mlip.nn.compiled import CompiledPotential
+
+MACE_TINY = {"architecture": "mace", "r_max": 3.5, "num_interactions": 2, "channels": 4, "l_max": 2, "max_L": 1,
+             "correlation": 3, "num_bessel": 4, "radial_hidden": 8, "radial_depth": 1}
+
+
+def _batches(dtype):
+    ds = GraphDataset([f for f in _frames()], ["C", "Si"], 3.5, dtype)
+    g = ds.graphs
+    # traced with 3 structures, then used on 4 (other sizes), on 1, and again on 3
+    return [collate(g[0:3]), collate(g[3:7]), collate(g[7:8]), collate(g[8:11])]
+
+
+def _frames():
+    from mlip.data import frames_from_atoms_list
+
+    atoms = lj_frames(6, seed=1) + lj_frames(5, seed=2, reps=3)
+    rng = np.random.default_rng(0)
+    for a in atoms[::2]:  # some without a cell: molecules and crystals in one batch
+        a.pbc = False
+        a.positions += rng.normal(scale=0.01, size=a.positions.shape)
+    return frames_from_atoms_list(atoms)
+
+
+def _grads(model, out, batch):
+    loss = ((out[K.TOTAL_ENERGY] - batch[K.REF_ENERGY].to(out[K.TOTAL_ENERGY].dtype)) ** 2).sum() \
+        + ((out[K.FORCES] - batch[K.REF_FORCES]) ** 2).sum() + (out[K.STRESS] ** 2).sum()
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.autograd.grad(loss, params)
+
+
+def test_traced_graph_equals_eager():
+    torch.manual_seed(0)
+    model = build_model(dict(TINY_MODEL, avg_num_neighbors=10.0), ["C", "Si"], torch.float64)
+    traced = CompiledPotential(model, backend=None)
+    for batch in _batches(torch.float64):
+        for training in (False, True):
+            ref = model(batch, compute_forces=True, compute_stress=True, training=training)
+            out = traced(batch, compute_forces=True, compute_stress=True, training=training)
+            for key in (K.TOTAL_ENERGY, K.FORCES, K.STRESS, K.VIRIAL):
+                torch.testing.assert_close(out[key], ref[key], rtol=1e-10, atol=1e-12, msg=key)
+            if training:
+                for a, b in zip(_grads(model, out, batch), _grads(model, ref, batch)):
+                    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # one graph per pattern of sizes (here: several structures or one) and mode
+    assert len(traced._graphs) == 4
+
+
+def test_untraceable_model_is_a_clear_error():
+    # MACE groups atoms by species with data-dependent sizes: no single graph for all inputs
+    model = build_model(dict(MACE_TINY, avg_num_neighbors=10.0), ["C", "Si"], torch.float64)
+    with pytest.raises(ValueError, match="cannot be traced.*symmetric_contraction.py"):
+        CompiledPotential(model, backend=None)(_batches(torch.float64)[0])
+
+
+def test_traced_graph_sees_weight_updates():
+    torch.manual_seed(0)
+    model = build_model(dict(TINY_MODEL, avg_num_neighbors=10.0), ["C", "Si"], torch.float64)
+    traced = CompiledPotential(model, backend=None)
+    batch = _batches(torch.float64)[0]
+    before = traced(batch)[K.TOTAL_ENERGY].detach()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    after = traced(batch)[K.TOTAL_ENERGY].detach()
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, model(batch)[K.TOTAL_ENERGY].detach(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_equals_eager():
+    torch.manual_seed(0)
+    model = build_model(dict(TINY_MODEL, avg_num_neighbors=10.0), ["C", "Si"], torch.float32)
+    compiled = CompiledPotential(model)
+    for batch in _batches(torch.float32)[:2]:
+        ref = model(batch, compute_forces=True, compute_stress=True, training=True)
+        out = compiled(batch, compute_forces=True, compute_stress=True, training=True)
+        for key in (K.TOTAL_ENERGY, K.FORCES, K.STRESS):
+            torch.testing.assert_close(out[key], ref[key], rtol=1e-4, atol=1e-5, msg=key)
+        for a, b in zip(_grads(model, out, batch), _grads(model, ref, batch)):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
