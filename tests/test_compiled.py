@@ -92,3 +92,38 @@ def test_inductor_compiled_equals_eager():
             torch.testing.assert_close(out[key], ref[key], rtol=1e-4, atol=1e-5, msg=key)
         for a, b in zip(_grads(model, out, batch), _grads(model, ref, batch)):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_train_compile_refuses_mace(tmp_path):
+    from test_train_helpers import tiny_config, write_frames
+
+    from mlip.errors import InputError
+    from mlip.train.config import validate
+    from mlip.train.trainer import train
+
+    raw = tiny_config(tmp_path, write_frames(str(tmp_path / "d.extxyz"), 4), train={"compile": True})
+    raw["model"] = dict(MACE_TINY)
+    with pytest.raises(InputError, match="train.compile.*NequIP models only"):
+        train(validate(raw), echo=False)
+
+
+@pytest.mark.slow
+def test_compiled_training_follows_eager_training(tmp_path):
+    import glob
+
+    from test_train_helpers import tiny_config, write_frames
+
+    from mlip.train.config import validate
+    from mlip.train.trainer import train
+
+    data = write_frames(str(tmp_path / "d.extxyz"), 9, seed=4)
+    runs = {}
+    for name, compile_ in (("eager", False), ("compiled", True)):
+        raw = tiny_config(tmp_path, data, train={"compile": compile_}, optim={"lr": 0.01, "max_epochs": 2})
+        raw["output_dir"] = str(tmp_path / name)
+        train(validate(raw), echo=False)
+        path = sorted(glob.glob(str(tmp_path / name / "checkpoints" / "ckpt-*.pt")))[-1]
+        runs[name] = torch.load(path, weights_only=True)["model"]["state_dict"]
+    assert "training steps run a traced and compiled graph" in open(tmp_path / "compiled" / "log.txt").read()
+    for key, value in runs["eager"].items():
+        torch.testing.assert_close(runs["compiled"][key], value, rtol=1e-7, atol=1e-9, msg=key)

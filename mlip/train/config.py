@@ -147,6 +147,9 @@ SCHEMA: Dict[str, Any] = {
                                nullable=True),
     },
     "train": {
+        "compile": Field("bool", False, "trace energy + forces (+ stress) into one graph and compile it with "
+                         "torch.compile/inductor for the training steps (NequIP models, one process; "
+                         "the first step of each batch-size pattern compiles, tens of seconds on a CPU)"),
         "valid_every": Field("int", 1, "validate every this many epochs (and at the last one)", low=1),
         "checkpoint_every_steps": Field("int", 0, "also checkpoint every N optimiser steps (0 = per epoch only)",
                                         low=0),

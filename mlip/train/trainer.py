@@ -424,7 +424,19 @@ class Trainer:
         self.log(f"model: {self.model_config.get('architecture', 'nequip')}, {n_params} trained parameters, "
                  f"{self.cfg['dtype']}, device {self.device}")
         self.ema = EMA(self.model, self.cfg["ema"]["decay"]) if self.cfg["ema"]["enabled"] else None
-        self.train_model: torch.nn.Module = self.model
+        self.train_model: Callable[..., Dict[str, torch.Tensor]] = self.model
+        if self.cfg["train"]["compile"]:
+            if self.dist.enabled:
+                raise InputError("not supported under torchrun yet (DDP's gradient hooks need its own forward); "
+                                 "set it to false", key="train.compile")
+            if self.model_config.get("architecture", "nequip") != "nequip":
+                raise InputError("supported for NequIP models only (MACE groups atoms by species with "
+                                 "data-dependent sizes, which one traced graph cannot hold)", key="train.compile")
+            from mlip.nn.compiled import CompiledPotential
+
+            self.train_model = CompiledPotential(self.model)
+            self.log("train.compile: training steps run a traced and compiled graph (the first step of each "
+                     "batch-size pattern compiles it)")
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
