@@ -127,3 +127,24 @@ def test_compiled_training_follows_eager_training(tmp_path):
     assert "training steps run a traced and compiled graph" in open(tmp_path / "compiled" / "log.txt").read()
     for key, value in runs["eager"].items():
         torch.testing.assert_close(runs["compiled"][key], value, rtol=1e-7, atol=1e-9, msg=key)
+
+
+def test_compiled_step_under_ddp_matches_one_process(tmp_path, monkeypatch):
+    """Under torchrun the compiled step bypasses DDP's hooks; the trainer averages gradients
+    itself. 2 gloo processes must follow 1 process (the traced graph, uncompiled, for speed)."""
+    from test_ddp import _assert_same_run, _latest, _torchrun
+    from test_train_helpers import tiny_config, write_config, write_frames
+
+    from mlip.train.config import validate
+    from mlip.train.trainer import train
+
+    monkeypatch.setenv("MLIP_COMPILE_BACKEND", "none")
+    data = write_frames(str(tmp_path / "d.extxyz"), 15, seed=3)
+    raw = tiny_config(tmp_path, data, data={"batch_size": 4, "valid_batch_size": 2},
+                      train={"compile": True, "checkpoint_every_steps": 3}, optim={"lr": 0.01, "max_epochs": 2})
+    raw["output_dir"] = str(tmp_path / "single")
+    train(validate(raw), echo=False)
+    ddp = dict(raw, output_dir=str(tmp_path / "ddp"))
+    _torchrun(write_config(str(tmp_path / "ddp.yaml"), ddp))
+    _assert_same_run(_latest(str(tmp_path / "single")), _latest(str(tmp_path / "ddp")))
+    assert "traced and compiled graph" in open(tmp_path / "ddp" / "log.txt").read()

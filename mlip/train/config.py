@@ -148,8 +148,10 @@ SCHEMA: Dict[str, Any] = {
     },
     "train": {
         "compile": Field("bool", False, "trace energy + forces (+ stress) into one graph and compile it with "
-                         "torch.compile/inductor for the training steps (NequIP models, one process; "
-                         "the first step of each batch-size pattern compiles, tens of seconds on a CPU)"),
+                         "torch.compile/inductor for the training steps (NequIP models; "
+                         "the first step of each batch-size pattern compiles, tens of seconds on a CPU). The "
+                         "environment variable MLIP_COMPILE_BACKEND picks the torch.compile backend "
+                         "(default inductor; 'none' runs the traced graph uncompiled, for debugging)"),
         "valid_every": Field("int", 1, "validate every this many epochs (and at the last one)", low=1),
         "checkpoint_every_steps": Field("int", 0, "also checkpoint every N optimiser steps (0 = per epoch only)",
                                         low=0),

@@ -140,3 +140,37 @@ def barrier(info: DistInfo) -> None:
 def shard(indices: Sequence[int], info: DistInfo) -> List[int]:
     """This rank's share of a global batch: every world_size-th structure from its rank on."""
     return list(indices[info.rank::info.world_size])
+
+
+def average_gradients(params: Sequence[torch.nn.Parameter], info: DistInfo) -> None:
+    """Average ``p.grad`` over ranks in one all-reduce, as DistributedDataParallel does.
+
+    For a model that does not run through DDP's forward (the traced and compiled training
+    step), which leaves DDP's gradient hooks unarmed. Missing gradients count as zeros.
+    """
+    if not info.enabled or not params:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads]).to(_reduce_device(info))
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat = (flat / info.world_size).to(grads[0].device)
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(g).to(g.dtype)
+        offset += n
+
+
+def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
+    """Rank 0's parameters and buffers on every rank (what DDP does when it wraps a model)."""
+    if not info.enabled:
+        return
+    import torch.distributed as dist
+
+    for t in list(module.parameters()) + list(module.buffers()):
+        buf = t.detach().to(_reduce_device(info))
+        dist.broadcast(buf, src=0)
+        with torch.no_grad():
+            t.copy_(buf.to(t.device))

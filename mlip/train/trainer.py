@@ -423,27 +423,30 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.log(f"model: {self.model_config.get('architecture', 'nequip')}, {n_params} trained parameters, "
                  f"{self.cfg['dtype']}, device {self.device}")
-        self.ema = EMA(self.model, self.cfg["ema"]["decay"]) if self.cfg["ema"]["enabled"] else None
         self.train_model: Callable[..., Dict[str, torch.Tensor]] = self.model
+        self.sync_gradients = False  # True: all-reduce gradients by hand (compiled step under torchrun)
         if self.cfg["train"]["compile"]:
-            if self.dist.enabled:
-                raise InputError("not supported under torchrun yet (DDP's gradient hooks need its own forward); "
-                                 "set it to false", key="train.compile")
             if self.model_config.get("architecture", "nequip") != "nequip":
                 raise InputError("supported for NequIP models only (MACE groups atoms by species with "
                                  "data-dependent sizes, which one traced graph cannot hold)", key="train.compile")
             from mlip.nn.compiled import CompiledPotential
 
-            self.train_model = CompiledPotential(self.model)
+            backend = os.environ.get("MLIP_COMPILE_BACKEND", "inductor")
+            self.train_model = CompiledPotential(self.model, backend=None if backend == "none" else backend)
             self.log("train.compile: training steps run a traced and compiled graph (the first step of each "
                      "batch-size pattern compiles it)")
-        if self.dist.enabled:
+            # the compiled step bypasses a DDP wrapper's forward, whose hooks would sync the
+            # gradients: start from rank 0's weights and average the gradients explicitly
+            dist_utils.broadcast_parameters(self.model, self.dist)
+            self.sync_gradients = self.dist.enabled
+        elif self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             # forces are autograd.grad(create_graph=True) w.r.t. positions inside forward; the
             # parameters get their gradients only in the loss's backward, where DDP's hooks fire
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.ema = EMA(self.model, self.cfg["ema"]["decay"]) if self.cfg["ema"]["enabled"] else None
 
     def _setup_optim(self) -> None:
         o = self.cfg["optim"]
@@ -632,6 +635,8 @@ class Trainer:
                     raise self._diverged(f"the loss is {loss_value}", idx)
                 self.optimizer.zero_grad(set_to_none=True)
                 backward_loss.backward()
+                if self.sync_gradients:
+                    dist_utils.average_gradients(params, self.dist)
                 # the norm is needed anyway to catch inf/NaN gradients before they reach the weights
                 norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
                 if not math.isfinite(float(norm)):
