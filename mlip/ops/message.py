@@ -52,18 +52,20 @@ def message_grouped(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weight
     n_edges = edge_sh.shape[0]
     coupling = (edge_sh @ cg.transpose(0, 1).reshape(d_sh, d_in * d_out)).view(-1, d_in, d_out)
     gathered = node_feats.index_select(0, sender)  # [E, Din, C]
-    parts: List[torch.Tensor] = []
+    outs: List[torch.Tensor] = []
     for first, count, comp, m in weight_groups:
         a = coupling[:, :, comp:comp + count * m]  # [E, Din, count * m]
         w = edge_weights[:, first:first + count].unsqueeze(2)  # [E, count, 1, C]
         if d_in == 1:
-            block = a.reshape(n_edges, count, m, 1) * gathered.unsqueeze(1)
+            # weights times features first ([E, count, 1, C]), then the 2l+1 components
+            block = a.reshape(n_edges, count, m, 1) * (gathered.unsqueeze(1) * w)
         else:
-            block = torch.bmm(a.transpose(1, 2), gathered).view(n_edges, count, m, channels)
-        parts.append((block * w).reshape(n_edges, count * m, channels))
-    weighted = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    out = torch.zeros(num_nodes, d_out, channels, dtype=weighted.dtype, device=weighted.device)
-    return out.index_add_(0, receiver, weighted)
+            block = torch.bmm(a.transpose(1, 2), gathered).view(n_edges, count, m, channels) * w
+        # scatter each block on its own (no [E, Dout, C] concatenation, whose backward of
+        # the backward would zero-fill and add full-size tensors); concatenate per node
+        out = torch.zeros(num_nodes, count * m, channels, dtype=block.dtype, device=block.device)
+        outs.append(out.index_add_(0, receiver, block.reshape(n_edges, count * m, channels)))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
 class MessagePassing(nn.Module):
