@@ -37,7 +37,10 @@ def time_mlip(workload: str, threads: int, repeats: int) -> dict:
     from mlip.data import keys as K
     from mlip.nn import build_model
 
+    from mlip.perf import tune_malloc
+
     torch.set_num_threads(threads)
+    tune_malloc()  # as `mlip train` and the ASE calculator do (MLIP_MALLOC_TUNING=0: off)
     kind, build = WORKLOADS[workload]
     frames = frames_from_atoms_list(build())
     S = MODEL_S

@@ -127,6 +127,8 @@ class MLIPCalculator(Calculator):
     def __init__(self, model: Union[ModelSpec, Sequence[ModelSpec]], device: str = "cpu",
                  dtype: Optional[str] = None, use_ema: bool = True, script: bool = False, **kwargs):
         super().__init__(**kwargs)
+        from mlip.perf import tune_malloc
+        tune_malloc()  # CPU speed of the MD loop (MLIP_MALLOC_TUNING=0: off)
         specs = list(model) if isinstance(model, (list, tuple)) else [model]
         if not specs:
             raise InputError("no model given")
