@@ -9,7 +9,9 @@ Fields match peers.py: workload, program, seconds (median of --repeats after 3 w
 atoms, structures, threads, params; plus peak_rss_mb (resident memory high-water mark of the
 process that ran the workload). "infer" = energy + forces of one batch; "train" = one optimiser
 step of an energy + force MSE loss. Graph construction is outside the timing, as for the peers.
-Peers need ../shared/bench/setup_peers.sh first.
+Peers need ../shared/bench/setup_peers.sh first. The mlip process applies mlip.perf.tune_malloc()
+(glibc allocator setting, as `mlip train` and the ASE calculator do; the peers keep glibc's
+defaults); MLIP_MALLOC_TUNING=0 times mlip without it.
 """
 import argparse
 import json
@@ -37,7 +39,10 @@ def time_mlip(workload: str, threads: int, repeats: int) -> dict:
     from mlip.data import keys as K
     from mlip.nn import build_model
 
+    from mlip.perf import tune_malloc
+
     torch.set_num_threads(threads)
+    tune_malloc()  # as `mlip train` and the ASE calculator do (MLIP_MALLOC_TUNING=0: off)
     kind, build = WORKLOADS[workload]
     frames = frames_from_atoms_list(build())
     S = MODEL_S

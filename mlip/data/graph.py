@@ -13,7 +13,7 @@ import torch
 
 from mlip.data import keys as K
 from mlip.data.frames import Frame, chemical_symbols_to_types
-from mlip.data.neighbors import neighbor_list
+from mlip.data.neighbors import edge_pairs, neighbor_list
 from mlip.errors import InputError
 
 Graph = Dict[str, torch.Tensor]
@@ -50,6 +50,7 @@ def frame_to_graph(frame: Frame, type_mapper: TypeMapper, r_max: float,
     if edges is None:
         edges = neighbor_list(frame.positions, frame.cell, frame.pbc, r_max, frame.source)
     edge_index, shifts = edges
+    edge_pair, pair_edge = edge_pairs(edge_index, shifts)
     n = len(frame)
     cell = frame.cell if frame.pbc.any() else np.zeros((3, 3))
     g: Graph = {
@@ -59,6 +60,8 @@ def frame_to_graph(frame: Frame, type_mapper: TypeMapper, r_max: float,
         K.PBC: torch.as_tensor(frame.pbc).view(1, 3),
         K.EDGE_INDEX: torch.as_tensor(edge_index),
         K.EDGE_CELL_SHIFT: torch.as_tensor(shifts, dtype=dtype),
+        K.EDGE_PAIR: torch.as_tensor(edge_pair),
+        K.PAIR_EDGE: torch.as_tensor(pair_edge),
         K.BATCH: torch.zeros(n, dtype=torch.long),
         K.NUM_ATOMS: torch.tensor([n], dtype=torch.long),
         K.REF_ENERGY: torch.tensor([frame.energy if frame.energy is not None else 0.0], dtype=dtype),
@@ -79,7 +82,16 @@ def collate(graphs: Sequence[Graph]) -> Graph:
     counts = torch.cat([g[K.NUM_ATOMS] for g in graphs])
     offsets = torch.cumsum(counts, 0) - counts
     out: Graph = {}
+    if all(K.EDGE_PAIR in g and K.PAIR_EDGE in g for g in graphs):
+        n_edges = [int(g[K.EDGE_INDEX].shape[1]) for g in graphs]
+        n_pairs = [int(g[K.PAIR_EDGE].shape[0]) for g in graphs]
+        edge_off = np.cumsum([0] + n_edges[:-1]).tolist()
+        pair_off = np.cumsum([0] + n_pairs[:-1]).tolist()
+        out[K.EDGE_PAIR] = torch.cat([g[K.EDGE_PAIR] + off for g, off in zip(graphs, pair_off)])
+        out[K.PAIR_EDGE] = torch.cat([g[K.PAIR_EDGE] + off for g, off in zip(graphs, edge_off)])
     for key in graphs[0]:
+        if key in (K.EDGE_PAIR, K.PAIR_EDGE):
+            continue  # offset above, or dropped when some graph lacks them
         if key == K.EDGE_INDEX:
             out[key] = torch.cat([g[key] + off for g, off in zip(graphs, offsets.tolist())], dim=1)
         elif key == K.BATCH:

@@ -14,6 +14,10 @@ EDGE_INDEX = "edge_index"          # [2, E] int64; row 0 centre (receiver) i, ro
 EDGE_CELL_SHIFT = "edge_cell_shift"  # [E, 3] float, integer-valued; r_ij = pos[j] - pos[i] + shift @ cell
 BATCH = "batch"                    # [N] int64, structure index of each atom
 NUM_ATOMS = "num_atoms"            # [B] int64, atoms per structure
+# optional: opposite edges (i, j, S) and (j, i, -S) grouped into pairs, so that per-length work
+# (radial basis, radial MLP) runs once per pair; models fall back to per-edge work without them
+EDGE_PAIR = "edge_pair"            # [E] int64, pair of each edge (0 <= p < P)
+PAIR_EDGE = "pair_edge"            # [P] int64, one edge of each pair
 
 # --- derived per-edge / per-node quantities -----------------------------------------------
 EDGE_VECTORS = "edge_vectors"      # [E, 3]

@@ -37,3 +37,28 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_ma
     # Order by centre atom: memory locality for the scatter, and CSR segments for the kernels.
     order = np.lexsort((edge_index[1], edge_index[0]))
     return edge_index[:, order], shifts[order]
+
+
+def edge_pairs(edge_index: np.ndarray, shifts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Group each edge with its reverse: ``(edge_pair [E], pair_edge [P])``.
+
+    The reverse of edge (i, j, S) is (j, i, -S); both have exactly the same length in floating
+    point (``r_ji = -r_ij`` is exact), so anything that depends on the length only (the radial
+    basis and radial MLP) can be evaluated once per pair. ``edge_pair[e]`` is the pair of edge
+    ``e`` (0 <= p < P) and ``pair_edge[p]`` is one edge of pair ``p``. An edge whose reverse is
+    missing (e.g. a half list) forms a pair of its own, so the result is always valid.
+    """
+    edge_index = np.asarray(edge_index, dtype=np.int64).reshape(2, -1)
+    shifts = np.rint(np.asarray(shifts)).astype(np.int64).reshape(-1, 3)
+    if edge_index.shape[1] == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    i, j = edge_index
+    # canonical orientation: i < j, or i == j with the first non-zero shift component positive
+    nz = shifts != 0
+    first = np.argmax(nz, axis=1)
+    lead = shifts[np.arange(len(first)), first]
+    flip = (i > j) | ((i == j) & (lead < 0))
+    sign = np.where(flip, -1, 1)[:, None]
+    key = np.column_stack([np.minimum(i, j), np.maximum(i, j), shifts * sign])
+    _, pair_edge, edge_pair = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    return edge_pair.reshape(-1).astype(np.int64), pair_edge.astype(np.int64)

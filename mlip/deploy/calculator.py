@@ -127,6 +127,8 @@ class MLIPCalculator(Calculator):
     def __init__(self, model: Union[ModelSpec, Sequence[ModelSpec]], device: str = "cpu",
                  dtype: Optional[str] = None, use_ema: bool = True, script: bool = False, **kwargs):
         super().__init__(**kwargs)
+        from mlip.perf import tune_malloc
+        tune_malloc()  # CPU speed of the MD loop (MLIP_MALLOC_TUNING=0: off)
         specs = list(model) if isinstance(model, (list, tuple)) else [model]
         if not specs:
             raise InputError("no model given")
@@ -144,16 +146,20 @@ class MLIPCalculator(Calculator):
         return len(self.models)
 
     def inputs(self, atoms, model: LoadedModel) -> Dict[str, torch.Tensor]:
-        """The contract inputs (float64 pos/cell/shifts, int64 types/edges) for ``atoms``."""
-        from mlip.data.neighbors import neighbor_list
+        """The contract inputs (float64 pos/cell/shifts, int64 types/edges) for ``atoms``, plus
+        the optional pairing of opposite edges (``edge_pair``, ``pair_edge``; LAMMPS has none)."""
+        from mlip.data.neighbors import edge_pairs, neighbor_list
 
         positions = np.asarray(atoms.positions, dtype=np.float64)
         pbc = np.asarray(atoms.pbc, dtype=bool)
         cell = np.asarray(atoms.cell.array, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
         edge_index, shifts = neighbor_list(positions, cell, pbc, model.r_max)
+        edge_pair, pair_edge = edge_pairs(edge_index, shifts)
         types = model.type_mapper(atoms.numbers)
         dev = self.device
         return {
+            "edge_pair": torch.as_tensor(edge_pair, dtype=torch.long, device=dev),
+            "pair_edge": torch.as_tensor(pair_edge, dtype=torch.long, device=dev),
             "pos": torch.as_tensor(positions, dtype=torch.float64, device=dev),
             "edge_index": torch.as_tensor(edge_index, dtype=torch.long, device=dev),
             "atom_types": torch.as_tensor(types, dtype=torch.long, device=dev),

@@ -124,6 +124,11 @@ class LammpsModel(nn.Module):
             "pbc": torch.ones(1, 3, dtype=torch.bool, device=device),
             "edge_vectors": vectors.to(dtype),
         }
+        if "edge_pair" in data and "pair_edge" in data:
+            # optional (the ASE calculator gives it, LAMMPS does not): opposite edges grouped in
+            # pairs, so the radial MLPs run once per pair; see mlip.data.neighbors.edge_pairs
+            inner["edge_pair"] = data["edge_pair"].to(torch.long)
+            inner["pair_edge"] = data["pair_edge"].to(torch.long)
         out = self.energy_model(inner)
         atomic_energy = out["atomic_energy"].to(f64).view(n, 1)
         total = atomic_energy.sum().view(1, 1)

@@ -1,6 +1,6 @@
 """NequIP's interaction block: convolve neighbours, add a species-dependent self-connection, gate."""
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -48,9 +48,13 @@ class NequIPInteraction(nn.Module):
         self.irreps_out = e3nn_irreps(out_irreps, channels)
 
     def forward(self, x: torch.Tensor, atom_types: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor,
-                edge_index: torch.Tensor) -> torch.Tensor:
+                edge_index: torch.Tensor, edge_pair: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``edge_radial`` is per edge, or per pair of opposite edges when ``edge_pair`` [E]
+        (the pair of each edge) is given: the radial MLP then runs once per pair."""
         h = self.linear_up(x)
         weights = self.radial_mlp(edge_radial)
+        if edge_pair is not None:
+            weights = weights.index_select(0, edge_pair)
         msg = self.message(h, edge_sh, weights, edge_index) * self.inv_sqrt_avg_num_neighbors
         # self-connection and message are summed with 1/sqrt(2) to keep unit variance
         y = (self.linear_down(msg) + self.self_connection(x, atom_types)) * 0.7071067811865476

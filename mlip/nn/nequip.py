@@ -5,7 +5,7 @@ taken by :class:`mlip.nn.potential.Potential`, which every architecture shares.
 """
 
 import math
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -68,9 +68,18 @@ class NequIPModel(nn.Module):
     def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         atom_types = data[K.ATOM_TYPES]
         edge_index = data[K.EDGE_INDEX]
-        edge_sh, edge_radial = self.edges(data[K.EDGE_VECTORS])
+        vectors = data[K.EDGE_VECTORS]
+        edge_pair: Optional[torch.Tensor] = None
+        if K.EDGE_PAIR in data and K.PAIR_EDGE in data:
+            # opposite edges have the same length: radial basis and MLPs once per pair
+            edge_pair = data[K.EDGE_PAIR]
+            edge_sh = self.edges.sh(vectors)
+            pair_vectors = vectors.index_select(0, data[K.PAIR_EDGE])
+            edge_radial = self.edges.radial(torch.linalg.vector_norm(pair_vectors, dim=-1))
+        else:
+            edge_sh, edge_radial = self.edges(vectors)
         x = self.embedding(atom_types)
         for layer in self.layers:
-            x = layer(x, atom_types, edge_sh, edge_radial, edge_index)
+            x = layer(x, atom_types, edge_sh, edge_radial, edge_index, edge_pair)
         data[K.ATOMIC_ENERGY] = self.scale_shift(self.readout(x[:, 0, :]), atom_types)
         return data

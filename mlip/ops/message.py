@@ -39,20 +39,33 @@ def message_grouped(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weight
     """Same result as :func:`message_reference`, faster: weights broadcast over each block of
     paths that share an output irrep (paths ordered by output irrep, see
     ``TensorProductSpec.weight_groups``) instead of being gathered per output component, which
-    saves a [E, Dout, C] copy and, in the backward, a scatter of the same size."""
+    saves a [E, Dout, C] copy and, in the backward, a scatter of the same size.
+
+    Each block's messages come from their own slice of the (small) coupling tensor, so no
+    [E, Dout, C] tensor is ever sliced: the backward of a slice would zero-fill and add
+    full-size gradients. With one input component (the first layer: scalars in) the
+    per-edge product is an outer product, done as a broadcast multiply (a batched matmul
+    with an inner dimension of 1 is several times slower on CPU)."""
     receiver, sender = edge_index[0], edge_index[1]
     d_in, d_sh, d_out = cg.shape
     channels = node_feats.shape[2]
     n_edges = edge_sh.shape[0]
     coupling = (edge_sh @ cg.transpose(0, 1).reshape(d_sh, d_in * d_out)).view(-1, d_in, d_out)
-    messages = torch.bmm(coupling.transpose(1, 2), node_feats.index_select(0, sender))  # [E, Dout, C]
-    parts: List[torch.Tensor] = []
+    gathered = node_feats.index_select(0, sender)  # [E, Din, C]
+    outs: List[torch.Tensor] = []
     for first, count, comp, m in weight_groups:
-        block = messages[:, comp:comp + count * m].reshape(n_edges, count, m, channels)
-        parts.append((block * edge_weights[:, first:first + count].unsqueeze(2)).reshape(n_edges, count * m, channels))
-    weighted = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    out = torch.zeros(num_nodes, d_out, channels, dtype=weighted.dtype, device=weighted.device)
-    return out.index_add_(0, receiver, weighted)
+        a = coupling[:, :, comp:comp + count * m]  # [E, Din, count * m]
+        w = edge_weights[:, first:first + count].unsqueeze(2)  # [E, count, 1, C]
+        if d_in == 1:
+            # weights times features first ([E, count, 1, C]), then the 2l+1 components
+            block = a.reshape(n_edges, count, m, 1) * (gathered.unsqueeze(1) * w)
+        else:
+            block = torch.bmm(a.transpose(1, 2), gathered).view(n_edges, count, m, channels) * w
+        # scatter each block on its own (no [E, Dout, C] concatenation, whose backward of
+        # the backward would zero-fill and add full-size tensors); concatenate per node
+        out = torch.zeros(num_nodes, count * m, channels, dtype=block.dtype, device=block.device)
+        outs.append(out.index_add_(0, receiver, block.reshape(n_edges, count * m, channels)))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
 class MessagePassing(nn.Module):
