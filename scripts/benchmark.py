@@ -4,6 +4,8 @@
     python scripts/benchmark.py                      # every workload, one JSON line each
     python scripts/benchmark.py cu256-infer --repeats 5
     python scripts/benchmark.py --compare            # MACE, NequIP and mlip alternately, with ratios
+    python scripts/benchmark.py --compare --compiled --peer-malloc-tuning   # + compiled mlip; peers
+                                                     # under mlip's allocator setting too
 
 Fields match peers.py: workload, program, seconds (median of --repeats after 3 warm-up calls),
 atoms, structures, threads, params; plus peak_rss_mb (resident memory high-water mark of the
@@ -28,7 +30,7 @@ BENCH = os.path.join(REPO, "..", "shared", "bench")
 PEERS_ROOT = os.environ.get("MLIP_PEERS", os.path.expanduser("~/.cache/mlip-peers"))
 
 
-def time_mlip(workload: str, threads: int, repeats: int) -> dict:
+def time_mlip(workload: str, threads: int, repeats: int, compiled: bool = False) -> dict:
     import numpy as np
     import torch
 
@@ -58,35 +60,49 @@ def time_mlip(workload: str, threads: int, repeats: int) -> dict:
     batch = collate(GraphDataset(frames, type_names, S["r_max"], dtype).graphs)
     e_ref, f_ref = batch[K.REF_ENERGY].to(dtype), batch[K.REF_FORCES]
     opt = torch.optim.Adam(model.parameters(), 1e-3)
+    potential = model
+    if compiled:  # energy + forces traced into one graph and compiled (mlip.nn.compiled; train.compile)
+        from mlip.nn.compiled import CompiledPotential
+
+        potential = CompiledPotential(model)
 
     def call():
         if kind == "infer":
-            out = model(batch, compute_forces=True)
+            out = potential(batch, compute_forces=True)
             return float(out[K.TOTAL_ENERGY].detach().sum())
         opt.zero_grad(set_to_none=True)
-        out = model(batch, compute_forces=True, training=True)
+        out = potential(batch, compute_forces=True, training=True)
         loss = ((out[K.TOTAL_ENERGY].to(dtype) - e_ref) ** 2).mean() + ((out[K.FORCES] - f_ref) ** 2).mean()
         loss.backward()
         opt.step()
         return float(loss)
 
-    for _ in range(3):
+    for _ in range(3):  # with --compiled the first call traces and compiles (not timed)
         call()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         call()
         times.append(time.perf_counter() - t)
-    return {"workload": workload, "program": "mlip", "seconds": statistics.median(times),
+    return {"workload": workload, "program": "mlip+compile" if compiled else "mlip",
+            "seconds": statistics.median(times),
             "atoms": sum(len(f) for f in frames), "structures": len(frames), "threads": threads,
             "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def run_child(program: str, workload: str, threads: int, repeats: int) -> dict:
+# glibc tunables equal to mlip.perf.tune_malloc(), for running the peers under the same allocator
+# setting (--peer-malloc-tuning): no mmap blocks, 1 GiB trim threshold, 64 MiB top pad
+PEER_MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824:glibc.malloc.top_pad=67108864"
+
+
+def run_child(program: str, workload: str, threads: int, repeats: int, peer_malloc_tuning: bool = False) -> dict:
     """Each measurement in a fresh process, so peak memory and thread pools are its own."""
-    if program == "mlip":
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    if program.startswith("mlip"):
         cmd = [sys.executable, os.path.abspath(__file__), workload, "--threads", str(threads), "--repeats", str(repeats)]
+        if program == "mlip+compile":
+            cmd.append("--compiled")
     else:
         py = os.path.join(PEERS_ROOT, program, "bin", "python")
         if not os.path.exists(py):
@@ -97,7 +113,8 @@ def run_child(program: str, workload: str, threads: int, repeats: int) -> dict:
                "d=json.loads(buf.getvalue().strip().splitlines()[-1]);"
                "d['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024;print(json.dumps(d))",
                os.path.join(BENCH, "peers.py"), program, workload, "--threads", str(threads), "--repeats", str(repeats)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+        if peer_malloc_tuning:
+            env["GLIBC_TUNABLES"] = PEER_MALLOC_TUNABLES
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [l for l in res.stdout.strip().splitlines() if l.startswith("{")]
     if res.returncode != 0 or not lines:
@@ -105,27 +122,33 @@ def run_child(program: str, workload: str, threads: int, repeats: int) -> dict:
     return json.loads(lines[-1])
 
 
-def compare(workloads, threads: int, repeats: int, peers) -> None:
+def compare(workloads, threads: int, repeats: int, peers, ours=("mlip",), peer_malloc_tuning: bool = False) -> None:
+    """Peers and mlip variants alternately per workload; a table of seconds, peak MB, parameters
+    and peer / mlip ratios for every mlip variant."""
+    programs = list(peers) + list(ours)
     rows = []
     for w in workloads:
         results = {}
-        for program in list(peers) + ["mlip"]:  # alternate programs within a workload: same machine state
-            results[program] = run_child(program, w, threads, repeats)
+        for program in programs:  # alternate programs within a workload: same machine state
+            results[program] = run_child(program, w, threads, repeats, peer_malloc_tuning)
             print(json.dumps(results[program]), flush=True)
         rows.append((w, results))
     print()
-    head = f"{'workload':<13}" + "".join(f"{p + ' s':>12}{p + ' MB':>10}{p + ' params':>13}" for p in list(peers) + ["mlip"])
-    head += "".join(f"{p + '/mlip':>13}" for p in peers)
+    if peer_malloc_tuning:
+        print(f"peers ran with GLIBC_TUNABLES={PEER_MALLOC_TUNABLES} (the allocator setting mlip applies)")
+    head = f"{'workload':<13}" + "".join(f"{p + ' s':>14}{p + ' MB':>10}{p + ' params':>14}" for p in programs)
+    head += "".join(f"{p + '/' + o:>20}" for o in ours for p in peers)
     print(head)
     for w, res in rows:
         line = f"{w:<13}"
-        for p in list(peers) + ["mlip"]:
+        for p in programs:
             r = res[p]
-            line += (f"{r['seconds']:>12.4f}{r.get('peak_rss_mb', float('nan')):>10.0f}{r.get('params', 0):>13d}"
-                     if "seconds" in r else f"{'error':>12}{'':>10}{'':>13}")
-        for p in peers:
-            ok = "seconds" in res[p] and "seconds" in res["mlip"]
-            line += f"{res[p]['seconds'] / res['mlip']['seconds']:>12.2f}x" if ok else f"{'n/a':>13}"
+            line += (f"{r['seconds']:>14.4f}{r.get('peak_rss_mb', float('nan')):>10.0f}{r.get('params', 0):>14d}"
+                     if "seconds" in r else f"{'error':>14}{'':>10}{'':>14}")
+        for o in ours:
+            for p in peers:
+                ok = "seconds" in res[p] and "seconds" in res[o]
+                line += f"{res[p]['seconds'] / res[o]['seconds']:>19.2f}x" if ok else f"{'n/a':>20}"
         print(line)
     for w, res in rows:
         for p, r in res.items():
@@ -143,18 +166,24 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compare", action="store_true", help="run the peers and mlip alternately, print ratios")
     p.add_argument("--peers", nargs="+", default=["mace", "nequip"], choices=["mace", "nequip"])
+    p.add_argument("--compiled", action="store_true",
+                   help="time mlip with energy + forces traced and compiled (mlip.nn.compiled, as train.compile); "
+                        "with --compare: an extra program 'mlip+compile' next to plain mlip")
+    p.add_argument("--peer-malloc-tuning", action="store_true",
+                   help="with --compare: run the peers under the glibc allocator setting mlip applies to itself")
     args = p.parse_args()
     workloads = args.workloads or sorted(WORKLOADS)
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         p.error(f"unknown workloads {sorted(unknown)}; choose from {sorted(WORKLOADS)}")
+    ours = ("mlip", "mlip+compile") if args.compiled else ("mlip",)
     if args.compare:
-        compare(workloads, args.threads, args.repeats, args.peers)
+        compare(workloads, args.threads, args.repeats, args.peers, ours, args.peer_malloc_tuning)
     elif len(workloads) == 1:
-        print(json.dumps(time_mlip(workloads[0], args.threads, args.repeats)), flush=True)
+        print(json.dumps(time_mlip(workloads[0], args.threads, args.repeats, args.compiled)), flush=True)
     else:
         for w in workloads:
-            print(json.dumps(run_child("mlip", w, args.threads, args.repeats)), flush=True)
+            print(json.dumps(run_child(ours[-1], w, args.threads, args.repeats)), flush=True)
 
 
 if __name__ == "__main__":

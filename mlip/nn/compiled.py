@@ -104,4 +104,9 @@ class CompiledPotential:
                                  f"({where}); use it without compile") from None
         if self.backend is None:
             return graph
-        return torch.compile(graph, backend=self.backend, dynamic=True)
+        options = None
+        if self.backend == "inductor" and all(t.device.type == "cpu" for t in inputs):
+            # torch 2.13's vectorised C++ code generation fails on these graphs (an assertion on
+            # an indexed store in cpp.py); scalar C++ code compiles and is what was measured
+            options = {"cpp.vec_isa_ok": False}
+        return torch.compile(graph, backend=self.backend, dynamic=True, options=options)
