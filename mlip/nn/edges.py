@@ -1,5 +1,5 @@
 """Edge embedding shared by every architecture: direction -> harmonics, length -> radial basis."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -10,7 +10,11 @@ from mlip.nn.spherical_harmonics import SphericalHarmonics
 
 class EdgeEmbedding(nn.Module):
     """Edge vectors [E, 3] (Angstrom) -> (Y [E, (l_max+1)^2] of the unit direction, radial
-    features [E, num_bessel] of the length: Bessel basis times the cutoff envelope, 0 at r_max)."""
+    features [E, num_bessel] of the length: Bessel basis times the cutoff envelope, 0 at r_max).
+
+    With ``pair_edge`` [P] (one edge of each pair of opposite edges, ``keys.PAIR_EDGE``) the
+    radial features are per pair, [P, num_bessel]: opposite edges have the same length, so
+    everything that depends on the length alone runs once per pair."""
 
     def __init__(self, r_max: float, num_bessel: int, cutoff_p: int, l_max: int):
         super().__init__()
@@ -19,5 +23,7 @@ class EdgeEmbedding(nn.Module):
         self.irreps_in = "1x1o"
         self.irreps_out = self.sh.irreps_out
 
-    def forward(self, vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.sh(vectors), self.radial(torch.linalg.vector_norm(vectors, dim=-1))
+    def forward(self, vectors: torch.Tensor, pair_edge: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        lengths_of = vectors if pair_edge is None else vectors.index_select(0, pair_edge)
+        return self.sh(vectors), self.radial(torch.linalg.vector_norm(lengths_of, dim=-1))

@@ -68,16 +68,12 @@ class NequIPModel(nn.Module):
     def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         atom_types = data[K.ATOM_TYPES]
         edge_index = data[K.EDGE_INDEX]
-        vectors = data[K.EDGE_VECTORS]
         edge_pair: Optional[torch.Tensor] = None
+        pair_edge: Optional[torch.Tensor] = None
         if K.EDGE_PAIR in data and K.PAIR_EDGE in data:
             # opposite edges have the same length: radial basis and MLPs once per pair
-            edge_pair = data[K.EDGE_PAIR]
-            edge_sh = self.edges.sh(vectors)
-            pair_vectors = vectors.index_select(0, data[K.PAIR_EDGE])
-            edge_radial = self.edges.radial(torch.linalg.vector_norm(pair_vectors, dim=-1))
-        else:
-            edge_sh, edge_radial = self.edges(vectors)
+            edge_pair, pair_edge = data[K.EDGE_PAIR], data[K.PAIR_EDGE]
+        edge_sh, edge_radial = self.edges(data[K.EDGE_VECTORS], pair_edge)
         x = self.embedding(atom_types)
         for layer in self.layers:
             x = layer(x, atom_types, edge_sh, edge_radial, edge_index, edge_pair)

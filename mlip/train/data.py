@@ -208,11 +208,6 @@ def to_device(batch: Graph, device: torch.device, dtype: torch.dtype) -> Graph:
     return out
 
 
-def make_batch(graphs: Sequence[Graph], device: torch.device, dtype: torch.dtype) -> Graph:
-    """Collate and move to ``device`` (see :func:`to_device`)."""
-    return to_device(collate(list(graphs)), device, dtype)
-
-
 def collated_batches(graphs: Sequence[Graph], index_batches: Sequence[Sequence[int]],
                      workers: int = 0) -> Iterator[Graph]:
     """The collated batches ``graphs[idx]`` for each ``idx`` of ``index_batches``, in order.
