@@ -7,7 +7,8 @@ touches per-edge messages, so a fused kernel can replace it without changing the
 :class:`MessagePassing` dispatches on ``backend`` ("auto", "torch" or "triton").
 """
 
-from typing import List, Optional, Tuple
+from contextlib import contextmanager
+from typing import List, Tuple
 
 import torch
 from torch import nn
@@ -68,17 +69,34 @@ def message_grouped(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weight
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
+_REFERENCE_ONLY = [False]
+
+
+@contextmanager
+def reference_message():
+    """Within this context every :class:`MessagePassing` runs the plain-torch path, e.g. while
+    a model is traced into one graph (the fused kernels are opaque to tracing)."""
+    before = _REFERENCE_ONLY[0]
+    _REFERENCE_ONLY[0] = True
+    try:
+        yield
+    finally:
+        _REFERENCE_ONLY[0] = before
+
+
 class MessagePassing(nn.Module):
     """Channel-wise tensor-product convolution over a graph; declares its irreps like e3nn.
 
-    ``backend``: "torch" always uses :func:`message_reference`; "triton" requires the fused
-    kernel; "auto" uses the fused kernel for CUDA tensors when Triton is importable.
+    ``backend``: "torch" always uses the plain-torch path (:func:`message_grouped`); "triton"
+    requires the fused GPU kernel, "cpu" the fused C++ kernel; "auto" uses the fused kernel
+    that fits the tensors' device when it is available (Triton on CUDA, C++ on CPU), else torch.
+    TorchScript (exported models, LAMMPS) always runs the torch path.
     """
 
     def __init__(self, spec: TensorProductSpec, channels: int, backend: str = "auto"):
         super().__init__()
-        if backend not in ("auto", "torch", "triton"):
-            raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got '{backend}'")
+        if backend not in ("auto", "torch", "triton", "cpu"):
+            raise ValueError(f"backend must be 'auto', 'torch', 'triton' or 'cpu', got '{backend}'")
         self.spec = spec
         self.channels = channels
         self.backend = backend
@@ -92,27 +110,31 @@ class MessagePassing(nn.Module):
 
     def forward(self, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
                 edge_index: torch.Tensor) -> torch.Tensor:
-        if self._use_fused(node_feats):
-            return self._fused(node_feats, edge_sh, edge_weights, edge_index)
+        if not torch.jit.is_scripting():
+            kind = self._fused_kind(node_feats)
+            if kind != "":
+                return self._fused(kind, node_feats, edge_sh, edge_weights, edge_index)
         return message_grouped(node_feats, edge_sh, edge_weights, edge_index, self.cg.to(node_feats.dtype),
                                self.weight_groups, node_feats.shape[0])
 
     @torch.jit.unused
-    def _fused(self, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
+    def _fused(self, kind: str, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
                edge_index: torch.Tensor) -> torch.Tensor:
+        if kind == "cpu":
+            from mlip.ops.cpu_message import fused_message_cpu
+            return fused_message_cpu(node_feats, edge_sh, edge_weights, edge_index, self.spec, node_feats.shape[0])
         from mlip.ops.triton_message import fused_message
         return fused_message(node_feats, edge_sh, edge_weights, edge_index, self.spec, node_feats.shape[0])
 
     @torch.jit.unused
-    def _fused_available(self, node_feats: torch.Tensor) -> bool:
-        from mlip.ops import triton_available
-        return triton_available(node_feats.device)
-
-    def _use_fused(self, node_feats: torch.Tensor) -> bool:
-        if torch.jit.is_scripting():
-            return False  # exported models (LAMMPS) run the reference path
-        if self.backend == "torch":
-            return False
-        if self.backend == "triton":
-            return True
-        return node_feats.is_cuda and self._fused_available(node_feats)
+    def _fused_kind(self, node_feats: torch.Tensor) -> str:
+        """"triton", "cpu" or "" (torch path) for these tensors."""
+        if self.backend == "torch" or _REFERENCE_ONLY[0]:
+            return ""
+        if self.backend in ("triton", "cpu"):
+            return self.backend
+        if node_feats.is_cuda:
+            from mlip.ops import triton_available
+            return "triton" if triton_available(node_feats.device) else ""
+        from mlip.ops.cpu_message import cpu_kernel_available
+        return "cpu" if node_feats.device.type == "cpu" and cpu_kernel_available() else ""

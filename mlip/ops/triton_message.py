@@ -7,26 +7,12 @@ registers and writes (or atomically adds) only node-sized results.
 
 How backward and double backward stay fused
 -------------------------------------------
-The message step is the derivative of one 4-linear form over the graph,
-
-    L(x, y, w, z) = sum_e sum_c sum_{(a, b, k)} CG[a, b, k] x[snd(e), a, c] y[e, b] w[e, path(k), c] z[rcv(e), k, c]
-
-with x = node features (sender side, [N, Din, C]), y = edge harmonics ([E, Dsh]),
-w = radial weights ([E, P, C]) and z a receiver-side node tensor ([N, Dout, C]):
-``message = dL/dz``. The derivative of L with respect to any one of its four slots (the "free"
-slot) is a contraction of the other three, and the backward of such a contraction, given the
-gradient g of its output, is the set of contractions of the *same form* with g put in the free
-slot. So four kernel families close the whole derivative tower:
-
-* free ``z`` -- node kernel, gather senders, scatter receivers (the forward message);
-* free ``x`` -- node kernel, gather receivers, scatter senders, transposed CG (grad w.r.t. h);
-* free ``y`` -- per-edge kernel reducing over channels and CG entries (grad w.r.t. Y);
-* free ``w`` -- per-edge, per-channel kernel (grad w.r.t. W).
-
-:class:`_Contract` is one ``torch.autograd.Function`` whose backward calls itself with another
-free slot, so backward, double backward (force training) and any higher order run through
-fused Triton kernels only; nothing falls back to torch except index bookkeeping (argsort /
-CSR row pointers for the deterministic mode, zero-filling outputs for the atomic mode).
+The message step is the derivative of one 4-linear form over the graph (see
+:mod:`mlip.ops.fourlinear`); every derivative of it is a contraction of the same form with
+another free slot, so four kernel families (free x, y, w, z) generated here close the whole
+derivative tower, wired by :class:`mlip.ops.fourlinear.Contract`. Nothing falls back to torch
+except index bookkeeping (argsort / CSR row pointers for the deterministic mode, zero-filling
+outputs for the atomic mode).
 
 The CG coefficients are unrolled into the generated kernel source as compile-time constants
 (only the non-zero entries of :meth:`TensorProductSpec.sparse_entries`), one kernel source per
@@ -57,20 +43,18 @@ import; the generated kernels therefore avoid them (``tl.full`` for zeros, and
 and compiles to the same reduction as ``tl.sum`` on GPU).
 """
 
-import hashlib
 import linecache
 import os
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from mlip.nn.irreps import irreps_slices
+from mlip.ops.fourlinear import SLOTS, Plan, check_message_inputs, plan_for
+from mlip.ops.fourlinear import contract as _contract
 from mlip.ops.tensor_product import TensorProductSpec
 
-SLOTS = ("x", "y", "w", "z")
 SCATTER_MODES = ("deterministic", "atomic")
 
 # Launch configuration. Not tuned on hardware (no GPU measurement exists, see docs/performance.md);
@@ -99,59 +83,6 @@ def _interpreting() -> bool:
 
 def _config() -> Dict:
     return INTERPRET_CONFIG if _interpreting() else CONFIG
-
-
-# ----------------------------------------------------------------------------------------------
-# plan: the sparse CG entries of a spec
-# ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Plan:
-    """Sparse 4-linear form: entries (a, b, k, p, value) over dims (Din, Dsh, Dout, P), plus the
-    component ranges of the irreps (the units that output groups never split)."""
-
-    entries: Tuple[Tuple[int, int, int, int, float], ...]
-    dim_x: int
-    dim_y: int
-    dim_z: int
-    num_paths: int
-    x_slices: Tuple[Tuple[int, int], ...]   # per input irrep
-    y_slices: Tuple[Tuple[int, int], ...]   # per harmonic irrep
-    z_slices: Tuple[Tuple[int, int], ...]   # per path (its output block)
-
-    @property
-    def key(self) -> str:
-        return hashlib.sha1(repr((self.entries, self.dim_x, self.dim_y, self.dim_z, self.num_paths)).encode()
-                            ).hexdigest()[:16]
-
-    def units(self, free: str) -> Tuple[Tuple[int, int], ...]:
-        if free == "x":
-            return self.x_slices
-        if free == "y":
-            return self.y_slices
-        if free == "z":
-            return self.z_slices
-        return tuple((p, p + 1) for p in range(self.num_paths))
-
-
-_PLANS: Dict[tuple, Plan] = {}
-
-
-def plan_for(spec: TensorProductSpec) -> Plan:
-    key = (tuple(spec.irreps_in), tuple(spec.irreps_sh), tuple(spec.irreps_out_allowed))
-    plan = _PLANS.get(key)
-    if plan is None:
-        pk = spec.path_of_output().tolist()
-        entries = tuple((i, j, k, pk[k], float(v)) for i, j, k, v in spec.sparse_entries())
-        plan = Plan(entries, spec.dim_in, spec.dim_sh, spec.dim_out, spec.num_paths,
-                    tuple(irreps_slices(spec.irreps_in)), tuple(irreps_slices(spec.irreps_sh)),
-                    tuple(irreps_slices(spec.irreps_out)))
-        _PLANS[key] = plan
-    return plan
-
-
-def _dims(plan: Plan) -> Dict[str, int]:
-    return {"x": plan.dim_x, "y": plan.dim_y, "w": plan.num_paths, "z": plan.dim_z}
 
 
 def _slot_of_entry(entry, slot: str) -> int:
@@ -246,7 +177,7 @@ def _gen_node(name: str, plan: Plan, free: str, mode: str, outputs: Sequence[int
     """free 'z': gather x at senders, scatter to receivers (the message). free 'x': gather z at
     receivers, scatter to senders (the transposed product, i.e. the gradient w.r.t. h)."""
     gather = "x" if free == "z" else "z"
-    dims = _dims(plan)
+    dims = plan.dims()
     dg, do = dims[gather], dims[free]
     outset = set(outputs)
     entries = [e for e in plan.entries if _slot_of_entry(e, free) in outset]
@@ -478,7 +409,7 @@ def _launch(free: str, plan: Plan, graph: EdgeGraph, vals: Dict[str, torch.Tenso
     vals = {k: v.contiguous() for k, v in vals.items()}
     n, e_count = graph.num_nodes, graph.num_edges
     channels = vals["w"].shape[2] if "w" in vals else vals["x"].shape[2]
-    dims = _dims(plan)
+    dims = plan.dims()
     lp = launch_params(free, graph.mode, dtype, channels)
     block_e = lp["BLOCK_E"]
     c_blocks = triton.cdiv(channels, lp["BLOCK_C"])
@@ -517,33 +448,9 @@ def _launch(free: str, plan: Plan, graph: EdgeGraph, vals: Dict[str, torch.Tenso
     return out
 
 
-def _others(free: str) -> Tuple[str, str, str]:
-    return tuple(s for s in SLOTS if s != free)  # type: ignore[return-value]
-
-
-class _Contract(torch.autograd.Function):
-    """dL/d(free) of the 4-linear form; its backward is three more contractions of the same form."""
-
-    @staticmethod
-    def forward(ctx, free: str, plan: Plan, graph: EdgeGraph, t0, t1, t2):
-        ctx.free, ctx.plan, ctx.graph = free, plan, graph
-        ctx.save_for_backward(t0, t1, t2)
-        return _launch(free, plan, graph, dict(zip(_others(free), (t0, t1, t2))))
-
-    @staticmethod
-    def backward(ctx, grad):
-        names = _others(ctx.free)
-        vals = dict(zip(names, ctx.saved_tensors))
-        vals[ctx.free] = grad
-        grads = []
-        for i, slot in enumerate(names):
-            grads.append(contract(slot, ctx.plan, ctx.graph, vals) if ctx.needs_input_grad[3 + i] else None)
-        return (None, None, None, *grads)
-
-
 def contract(free: str, plan: Plan, graph: EdgeGraph, vals: Dict[str, torch.Tensor]) -> torch.Tensor:
-    """Differentiable fused dL/d(free) given the three other slots in ``vals``."""
-    return _Contract.apply(free, plan, graph, *(vals[s] for s in _others(free)))
+    """Differentiable fused dL/d(free) given the three other slots in ``vals`` (Triton kernels)."""
+    return _contract(_launch, free, plan, graph, vals)
 
 
 def default_scatter_mode() -> str:
@@ -567,16 +474,7 @@ def fused_message(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights:
     mode = scatter or default_scatter_mode()
     if torch.are_deterministic_algorithms_enabled():
         mode = "deterministic"
-    n_e = edge_index.shape[1]
-    if node_feats.dim() != 3 or node_feats.shape[1] != plan.dim_x:
-        raise ValueError(f"node_feats must be [N, {plan.dim_x}, C], got {tuple(node_feats.shape)}")
-    channels = node_feats.shape[2]
-    if tuple(edge_sh.shape) != (n_e, plan.dim_y):
-        raise ValueError(f"edge_sh must be [{n_e}, {plan.dim_y}], got {tuple(edge_sh.shape)}")
-    if tuple(edge_weights.shape) != (n_e, plan.num_paths, channels):
-        raise ValueError(f"edge_weights must be [{n_e}, {plan.num_paths}, {channels}], "
-                         f"got {tuple(edge_weights.shape)}")
-    dtype = torch.promote_types(torch.promote_types(node_feats.dtype, edge_sh.dtype), edge_weights.dtype)
+    dtype = check_message_inputs(plan, node_feats, edge_sh, edge_weights, edge_index)
     graph = EdgeGraph(edge_index, num_nodes, mode)
     vals = {"x": node_feats.to(dtype), "y": edge_sh.to(dtype), "w": edge_weights.to(dtype)}
     return contract("z", plan, graph, vals)

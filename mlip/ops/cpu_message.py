@@ -1,0 +1,146 @@
+"""Fused message step on CPU: C++ kernels of the 4-linear form (``csrc/message_cpu.cpp``).
+
+The torch reference (:func:`mlip.ops.message.message_grouped`) writes every per-edge tensor
+([E, D, C] gathered features, messages, and in force training their first and second
+derivatives) to memory and reads it back several times; on a CPU with a few cores that memory
+traffic, not arithmetic, is most of the message step. The C++ kernels form each edge's products
+in a few cache-resident rows of C channels and write only node-sized results (scatters) or the
+per-edge result of the slot being differentiated. Backward and double backward are the same
+kernels with another free slot (:class:`mlip.ops.fourlinear.Contract`).
+
+The extension is compiled on first use with the C++ compiler torch's ``cpp_extension`` finds
+(about 10 s, cached under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``),
+for the CPU it runs on (``-march=native``; the CPU's feature flags are part of the cache name,
+so a shared home directory on a mixed cluster keeps one build per CPU kind). Without a compiler
+the model falls back to the torch reference with one warning. ``MLIP_CPU_KERNEL=0`` disables it.
+"""
+
+import hashlib
+import logging
+import os
+import platform
+import sys
+import warnings
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from mlip.ops.fourlinear import SLOTS, Plan, check_message_inputs, contract, plan_for
+from mlip.ops.tensor_product import TensorProductSpec
+
+log = logging.getLogger("mlip")
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "message_cpu.cpp")
+_STATE: Dict[str, object] = {}
+
+
+def _cpu_signature() -> str:
+    """What the compiled code depends on besides its source: the CPU's instruction-set flags,
+    the machine type and the torch version."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = line
+                    break
+    except OSError:
+        pass
+    return f"{platform.machine()}|{flags}|{torch.__version__}"
+
+
+def _ninja_dir() -> str:
+    try:
+        import ninja
+
+        return ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        return ""
+
+
+def load_cpu_kernel() -> Optional[str]:
+    """Build (first time) and load the extension; returns None when it is usable, else why not."""
+    if "error" in _STATE:
+        return _STATE["error"]  # type: ignore[return-value]
+    error: Optional[str] = None
+    if os.environ.get("MLIP_CPU_KERNEL", "1") == "0":
+        error = "disabled by MLIP_CPU_KERNEL=0"
+    else:
+        with open(SOURCE, "rb") as f:
+            digest = hashlib.sha1(f.read() + _cpu_signature().encode()).hexdigest()[:12]
+        from torch.utils.cpp_extension import load
+
+        attempts = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
+        path = os.environ.get("PATH", "")
+        # torch runs `ninja` from PATH; the pip-installed one sits next to this interpreter
+        os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), _ninja_dir(), path])
+        try:
+            for cflags in attempts:
+                try:
+                    log.info("building the CPU message kernel (once per machine kind, ~10 s)")
+                    load(name=f"mlip_cpu_{digest}_{len(cflags)}", sources=[SOURCE], extra_cflags=cflags,
+                         is_python_module=False, verbose=False)
+                    error = None
+                    break
+                except Exception as exc:  # no compiler, no ninja, unsupported flag, ...
+                    lines = str(exc).strip().splitlines()
+                    error = f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+        finally:
+            os.environ["PATH"] = path
+        if error is not None:
+            warnings.warn(f"mlip: the fused CPU message kernel could not be built ({error}); using the slower "
+                          "torch path. Install a C++ compiler (g++) and ninja, or set MLIP_CPU_KERNEL=0 to "
+                          "silence this.", stacklevel=2)
+    _STATE["error"] = error
+    return error
+
+
+def cpu_kernel_available() -> bool:
+    return load_cpu_kernel() is None
+
+
+class CpuGraph:
+    """Edge endpoints as the kernels want them (contiguous int64)."""
+
+    def __init__(self, edge_index: torch.Tensor, num_nodes: int):
+        self.receiver = edge_index[0].contiguous().long()
+        self.sender = edge_index[1].contiguous().long()
+        self.num_nodes = int(num_nodes)
+
+
+_TERMS: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _terms(plan: Plan) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The plan's entries as an int64 [nnz, 4] (a, b, k, p) and a float64 [nnz] value tensor."""
+    t = _TERMS.get(plan.key)
+    if t is None:
+        idx = torch.tensor([e[:4] for e in plan.entries], dtype=torch.long).view(-1, 4)
+        val = torch.tensor([e[4] for e in plan.entries], dtype=torch.float64)
+        t = _TERMS[plan.key] = (idx, val)
+    return t
+
+
+def launch_cpu(free: str, plan: Plan, graph: CpuGraph, vals: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """One contraction (dL/d free) by the C++ kernel."""
+    ref = next(iter(vals.values()))
+    placeholder = torch.empty(0, dtype=ref.dtype)
+    args = [vals[s].contiguous() if s in vals else placeholder for s in SLOTS]
+    idx, val = _terms(plan)
+    return torch.ops.mlip_cpu.contract(SLOTS.index(free), idx, val, *args, graph.receiver, graph.sender,
+                                       graph.num_nodes, plan.dims()[free])
+
+
+def fused_message_cpu(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
+                      edge_index: torch.Tensor, spec: TensorProductSpec, num_nodes: int) -> torch.Tensor:
+    """Fused equivalent of :func:`mlip.ops.message.message_reference` on CPU tensors (same
+    arguments, with the spec instead of the dense CG tensor). Differentiable to any order."""
+    error = load_cpu_kernel()
+    if error is not None:
+        raise RuntimeError(f"the fused CPU message kernel is not available: {error}")
+    plan = plan_for(spec)
+    dtype = check_message_inputs(plan, node_feats, edge_sh, edge_weights, edge_index)
+    vals = {"x": node_feats.to(dtype), "y": edge_sh.to(dtype), "w": edge_weights.to(dtype)}
+    return contract(launch_cpu, "z", plan, CpuGraph(edge_index, num_nodes), vals)
+
+
+__all__ = ["fused_message_cpu", "cpu_kernel_available", "load_cpu_kernel", "launch_cpu", "CpuGraph"]

@@ -1,0 +1,249 @@
+// Fused CPU kernels of the message step (see mlip/ops/cpu_message.py for the maths and the
+// autograd wiring). One operator, mlip_cpu::contract, evaluates the derivative of the 4-linear
+// form
+//
+//   L(x, y, w, z) = sum_e sum_c sum_t v_t x[snd(e), a_t, c] y[e, b_t] w[e, p_t, c] z[rcv(e), k_t, c]
+//
+// with respect to one slot (the "free" slot: 0 = x, 1 = y, 2 = w, 3 = z), given the other three.
+// The terms t = (a, b, k, p, v) are the non-zero Clebsch-Gordan entries of the tensor product.
+// Per-edge products are formed in a few cache-resident rows and never written to memory as
+// [E, D, C] tensors; scatters go to per-thread buffers summed at the end (deterministic for a
+// given thread count, any edge order).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+struct Term {
+  int64_t a, b, k, p;
+  double v;
+};
+
+std::vector<Term> read_terms(const at::Tensor& idx, const at::Tensor& val) {
+  TORCH_CHECK(idx.dim() == 2 && idx.size(1) == 4 && idx.scalar_type() == at::kLong, "terms: int64 [nnz, 4]");
+  TORCH_CHECK(val.dim() == 1 && val.size(0) == idx.size(0) && val.scalar_type() == at::kDouble,
+              "values: float64 [nnz]");
+  auto ic = idx.contiguous();
+  auto vc = val.contiguous();
+  const int64_t* ip = ic.data_ptr<int64_t>();
+  const double* vp = vc.data_ptr<double>();
+  std::vector<Term> out(idx.size(0));
+  for (int64_t t = 0; t < idx.size(0); ++t) out[t] = {ip[4 * t], ip[4 * t + 1], ip[4 * t + 2], ip[4 * t + 3], vp[t]};
+  return out;
+}
+
+// A group of terms sharing (outer, p): the kernels form sum_t v_t y[b_t] row[inner_t] once per
+// group and multiply it by the w (or z) row of the group.
+struct Group {
+  int64_t outer, p;
+  std::vector<std::tuple<int64_t, int64_t, double>> inner;  // (component, b, v)
+};
+
+// node kernels. free z: scatter to receivers, gather x at senders (outer = k, inner = a);
+// free x: scatter to senders, gather z at receivers (outer = a, inner = k).
+std::vector<Group> node_groups(const std::vector<Term>& terms, bool free_z) {
+  std::vector<Group> groups;
+  for (const Term& t : terms) {
+    int64_t outer = free_z ? t.k : t.a, inner = free_z ? t.a : t.k;
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const Group& g) { return g.outer == outer && g.p == t.p; });
+    if (it == groups.end()) {
+      groups.push_back({outer, t.p, {}});
+      it = groups.end() - 1;
+    }
+    it->inner.emplace_back(inner, t.b, t.v);
+  }
+  return groups;
+}
+
+template <typename T>
+at::Tensor node_kernel(const at::Tensor& gathered, const at::Tensor& y, const at::Tensor& w,
+                       const at::Tensor& gather_idx, const at::Tensor& scatter_idx, int64_t num_nodes,
+                       int64_t dim_out, const std::vector<Group>& groups) {
+  const int64_t E = y.size(0), dy = y.size(1), np = w.size(1), C = w.size(2), dg = gathered.size(1);
+  auto out = at::zeros({num_nodes, dim_out, C}, w.options());
+  if (E == 0 || num_nodes == 0) return out;
+  const T* gp = gathered.data_ptr<T>();
+  const T* yp = y.data_ptr<T>();
+  const T* wp = w.data_ptr<T>();
+  const int64_t* gi = gather_idx.data_ptr<int64_t>();
+  const int64_t* si = scatter_idx.data_ptr<int64_t>();
+  T* op = out.data_ptr<T>();
+  const int64_t row = dim_out * C;
+  const int nt = at::get_num_threads();
+  std::vector<std::vector<T>> priv(std::max(nt - 1, 0));
+  at::parallel_for(0, E, 64, [&](int64_t begin, int64_t end) {
+    const int tid = at::get_thread_num();
+    T* dst = op;
+    if (tid > 0 && tid < nt) {  // thread 0 adds into the output itself, the others privately
+      priv[tid - 1].assign(num_nodes * row, T(0));
+      dst = priv[tid - 1].data();
+    }
+    std::vector<T> tmp(C);
+    T* tp = tmp.data();
+    for (int64_t e = begin; e < end; ++e) {
+      const T* g = gp + gi[e] * dg * C;
+      const T* ye = yp + e * dy;
+      const T* we = wp + e * np * C;
+      T* o = dst + si[e] * row;
+      for (const Group& grp : groups) {
+        std::fill(tp, tp + C, T(0));
+        for (const auto& [comp, b, v] : grp.inner) {
+          const T coef = T(v) * ye[b];
+          const T* gr = g + comp * C;
+          for (int64_t c = 0; c < C; ++c) tp[c] += coef * gr[c];
+        }
+        const T* wr = we + grp.p * C;
+        T* orow = o + grp.outer * C;
+        for (int64_t c = 0; c < C; ++c) orow[c] += wr[c] * tp[c];
+      }
+    }
+  });
+  for (auto& buf : priv) {
+    if (buf.empty()) continue;
+    const T* bp = buf.data();
+    at::parallel_for(0, num_nodes * row, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) op[i] += bp[i];
+    });
+  }
+  return out;
+}
+
+// free w: out[e, p, c] = sum_k z[r, k, c] * sum_{(a, b)} v y[e, b] x[s, a, c]
+template <typename T>
+at::Tensor edge_w_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& z, const at::Tensor& snd,
+                         const at::Tensor& rcv, int64_t np, const std::vector<Term>& terms) {
+  const int64_t E = y.size(0), dy = y.size(1), C = x.size(2), dx = x.size(1), dz = z.size(1);
+  auto out = at::zeros({E, np, C}, x.options());
+  // groups keyed by (k, p): z row times a combination of x rows
+  std::vector<Group> groups;
+  for (const Term& t : terms) {
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& g) { return g.outer == t.k && g.p == t.p; });
+    if (it == groups.end()) {
+      groups.push_back({t.k, t.p, {}});
+      it = groups.end() - 1;
+    }
+    it->inner.emplace_back(t.a, t.b, t.v);
+  }
+  const T* xp = x.data_ptr<T>();
+  const T* yp = y.data_ptr<T>();
+  const T* zp = z.data_ptr<T>();
+  const int64_t* sp = snd.data_ptr<int64_t>();
+  const int64_t* rp = rcv.data_ptr<int64_t>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, E, 64, [&](int64_t begin, int64_t end) {
+    std::vector<T> tmp(C);
+    T* tp = tmp.data();
+    for (int64_t e = begin; e < end; ++e) {
+      const T* xs = xp + sp[e] * dx * C;
+      const T* zr = zp + rp[e] * dz * C;
+      const T* ye = yp + e * dy;
+      T* oe = op + e * np * C;
+      for (const Group& grp : groups) {
+        std::fill(tp, tp + C, T(0));
+        for (const auto& [a, b, v] : grp.inner) {
+          const T coef = T(v) * ye[b];
+          const T* xr = xs + a * C;
+          for (int64_t c = 0; c < C; ++c) tp[c] += coef * xr[c];
+        }
+        const T* zk = zr + grp.outer * C;
+        T* orow = oe + grp.p * C;
+        for (int64_t c = 0; c < C; ++c) orow[c] += zk[c] * tp[c];
+      }
+    }
+  });
+  return out;
+}
+
+// free y: out[e, b] = sum_t v sum_c x[s, a, c] w[e, p, c] z[r, k, c]; one dot product per distinct (a, p, k)
+template <typename T>
+at::Tensor edge_y_kernel(const at::Tensor& x, const at::Tensor& w, const at::Tensor& z, const at::Tensor& snd,
+                         const at::Tensor& rcv, int64_t dy, const std::vector<Term>& terms) {
+  const int64_t E = w.size(0), np = w.size(1), C = w.size(2), dx = x.size(1), dz = z.size(1);
+  auto out = at::zeros({E, dy}, w.options());
+  struct Dot {
+    int64_t a, p, k;
+    std::vector<std::pair<int64_t, double>> to;  // (b, v)
+  };
+  std::vector<Dot> dots;
+  for (const Term& t : terms) {
+    auto it = std::find_if(dots.begin(), dots.end(),
+                           [&](const Dot& d) { return d.a == t.a && d.p == t.p && d.k == t.k; });
+    if (it == dots.end()) {
+      dots.push_back({t.a, t.p, t.k, {}});
+      it = dots.end() - 1;
+    }
+    it->to.emplace_back(t.b, t.v);
+  }
+  const T* xp = x.data_ptr<T>();
+  const T* wp = w.data_ptr<T>();
+  const T* zp = z.data_ptr<T>();
+  const int64_t* sp = snd.data_ptr<int64_t>();
+  const int64_t* rp = rcv.data_ptr<int64_t>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, E, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      const T* xs = xp + sp[e] * dx * C;
+      const T* zr = zp + rp[e] * dz * C;
+      const T* we = wp + e * np * C;
+      T* oe = op + e * dy;
+      for (const Dot& d : dots) {
+        const T* xr = xs + d.a * C;
+        const T* wr = we + d.p * C;
+        const T* zk = zr + d.k * C;
+        T s = 0;
+        for (int64_t c = 0; c < C; ++c) s += xr[c] * wr[c] * zk[c];
+        for (const auto& [b, v] : d.to) oe[b] += T(v) * s;
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor contract(int64_t free, const at::Tensor& idx, const at::Tensor& val, const at::Tensor& x,
+                    const at::Tensor& y, const at::Tensor& w, const at::Tensor& z, const at::Tensor& receiver,
+                    const at::Tensor& sender, int64_t num_nodes, int64_t dim_free) {
+  TORCH_CHECK(free >= 0 && free <= 3, "free slot must be 0 (x), 1 (y), 2 (w) or 3 (z)");
+  const std::vector<Term> terms = read_terms(idx, val);
+  auto rcv = receiver.contiguous();
+  auto snd = sender.contiguous();
+  TORCH_CHECK(rcv.scalar_type() == at::kLong && snd.scalar_type() == at::kLong, "edge indices must be int64");
+  // the three given slots (the free one is an unused placeholder)
+  auto xc = free == 0 ? x : x.contiguous();
+  auto yc = free == 1 ? y : y.contiguous();
+  auto wc = free == 2 ? w : w.contiguous();
+  auto zc = free == 3 ? z : z.contiguous();
+  const at::Tensor& ref = free == 2 ? xc : wc;
+  TORCH_CHECK(ref.device().is_cpu(), "mlip_cpu::contract runs on CPU tensors");
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(ref.scalar_type(), "mlip_cpu_contract", [&] {
+    switch (free) {
+      case 3:
+        out = node_kernel<scalar_t>(xc, yc, wc, snd, rcv, num_nodes, dim_free, node_groups(terms, true));
+        break;
+      case 0:
+        out = node_kernel<scalar_t>(zc, yc, wc, rcv, snd, num_nodes, dim_free, node_groups(terms, false));
+        break;
+      case 2:
+        out = edge_w_kernel<scalar_t>(xc, yc, zc, snd, rcv, dim_free, terms);
+        break;
+      default:
+        out = edge_y_kernel<scalar_t>(xc, wc, zc, snd, rcv, dim_free, terms);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(mlip_cpu, m) {
+  m.def("contract(int free, Tensor idx, Tensor val, Tensor x, Tensor y, Tensor w, Tensor z, Tensor receiver, "
+        "Tensor sender, int num_nodes, int dim_free) -> Tensor");
+  m.impl("contract", c10::DispatchKey::CPU, TORCH_FN(contract));
+}
