@@ -56,6 +56,7 @@ def time_mlip(workload: str, threads: int, repeats: int, compiled: bool = False)
     model = build_model(dict(architecture="nequip", num_layers=S["num_layers"], channels=S["channels"],
                              l_max=S["l_max"], parity=False, r_max=S["r_max"], num_bessel=S["num_bessel"],
                              radial_hidden=128, radial_depth=1,  # the radial MLP NequIP 0.7 builds at size S
+                             self_connection="embedding",  # NequIP's self-connection: parameter counts match
                              avg_num_neighbors=20.0), type_names, dtype)
     batch = collate(GraphDataset(frames, type_names, S["r_max"], dtype).graphs)
     e_ref, f_ref = batch[K.REF_ENERGY].to(dtype), batch[K.REF_FORCES]

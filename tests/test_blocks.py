@@ -132,3 +132,27 @@ def test_grouped_message_equals_reference(l_max, parity):
     gg_out = torch.autograd.grad(sum(g.pow(2).sum() for g in g_out), args)
     for a, b in zip(gg_out, gg_ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_embedding_self_connection_is_a_species_linear_map():
+    """NequIP's bilinear self-connection equals a per-species linear map whose weights are the
+    embedding contracted with the bilinear weights, and it is equivariant."""
+    from mlip.nn.linear import EmbeddingSelfConnection, SpeciesLinear
+
+    irreps_in, irreps_out = hidden_irreps(2, True), hidden_irreps(1, True)
+    n_types, embed = 3, 5
+    torch.manual_seed(0)
+    sc = EmbeddingSelfConnection(irreps_in, irreps_out, C, C + 1, n_types, embed).double()
+    table = torch.randn(n_types, embed, dtype=torch.float64)
+    ref = SpeciesLinear(irreps_in, irreps_out, C, C + 1, n_types).double()
+    with torch.no_grad():
+        for w_ref, w in zip(ref.linear.weights, sc.weights):
+            w_ref.copy_(torch.einsum("fdc,sd->fsc", w, table).reshape(w.shape[0], -1) / embed ** 0.5)
+    x = torch.randn(8, sum(2 * l + 1 for l, _ in irreps_in), C, dtype=torch.float64)
+    types = torch.randint(0, n_types, (8,))
+    torch.testing.assert_close(sc(x, types, table), ref(x, types), rtol=1e-12, atol=1e-12)
+    f = lambda x: to_e3nn(sc(from_e3nn(x, irreps_in, C), types, table), irreps_out)
+    assert_equivariant(f, args_in=[torch.randn(8, sc.irreps_in.dim, dtype=torch.float64)],
+                       irreps_in=[sc.irreps_in], irreps_out=[sc.irreps_out])
+    with pytest.raises(ValueError, match="species embedding"):
+        sc(x, types)

@@ -19,6 +19,9 @@ _load_optional_architectures()
 CONFIGS = {
     "nequip-o3": dict(architecture="nequip", num_layers=2, channels=6, l_max=2, parity=True, r_max=R_MAX),
     "nequip-so3-l3": dict(architecture="nequip", num_layers=2, channels=4, l_max=3, parity=False, r_max=R_MAX),
+    # NequIP's self-connection (bilinear in features and species embedding), three blocks
+    "nequip-embedding-sc": dict(architecture="nequip", num_layers=3, channels=4, l_max=1, parity=False,
+                                r_max=R_MAX, self_connection="embedding"),
 }
 if "mace" in ARCHITECTURES:
     _MACE_VARIANTS = {

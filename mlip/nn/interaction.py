@@ -7,7 +7,7 @@ from torch import nn
 
 from mlip.nn.gate import Gate, gate_input_irreps
 from mlip.nn.irreps import Irrep, e3nn_irreps
-from mlip.nn.linear import IrrepsLinear, SpeciesLinear
+from mlip.nn.linear import EmbeddingSelfConnection, IrrepsLinear, SpeciesLinear
 from mlip.nn.radial import RadialMLP
 from mlip.ops.message import MessagePassing
 from mlip.ops.tensor_product import TensorProductSpec, reachable_irreps
@@ -22,7 +22,8 @@ class NequIPInteraction(nn.Module):
        independent terms grows like sqrt(n); dividing by n instead starves the messages next to
        the self-connection and slowed training measurably on the Si example);
     3. linear from the tensor product's path outputs to (features + gates);
-    4. plus a species-dependent linear self-connection of the input;
+    4. plus a species-dependent linear self-connection of the input (per species, or NequIP's
+       bilinear in features and species embedding);
     5. gated nonlinearity.
 
     ``irreps_out`` is ``target_irreps`` restricted to what the tensor product can reach.
@@ -30,7 +31,7 @@ class NequIPInteraction(nn.Module):
 
     def __init__(self, irreps_in: Sequence[Irrep], irreps_sh: Sequence[Irrep], target_irreps: Sequence[Irrep],
                  channels: int, num_types: int, num_basis: int, radial_hidden: int, radial_depth: int,
-                 avg_num_neighbors: float, backend: str = "auto"):
+                 avg_num_neighbors: float, backend: str = "auto", embed_dim: int = 0):
         super().__init__()
         irreps_in = list(irreps_in)
         out_irreps = reachable_irreps(irreps_in, irreps_sh, target_irreps)
@@ -41,21 +42,25 @@ class NequIPInteraction(nn.Module):
         self.radial_mlp = RadialMLP(num_basis, radial_hidden, radial_depth, spec.num_paths, channels)
         pre_gate = gate_input_irreps(out_irreps)
         self.linear_down = IrrepsLinear(spec.irreps_out, pre_gate, channels, channels)
-        self.self_connection = SpeciesLinear(irreps_in, pre_gate, channels, channels, num_types)
+        # embed_dim > 0: NequIP's bilinear in features and species embedding, else per species
+        self.self_connection = (EmbeddingSelfConnection(irreps_in, pre_gate, channels, channels, num_types, embed_dim)
+                                if embed_dim > 0 else SpeciesLinear(irreps_in, pre_gate, channels, channels, num_types))
         self.gate = Gate(out_irreps, channels)
         self.inv_sqrt_avg_num_neighbors = float(avg_num_neighbors) ** -0.5
         self.irreps_in = e3nn_irreps(irreps_in, channels)
         self.irreps_out = e3nn_irreps(out_irreps, channels)
 
     def forward(self, x: torch.Tensor, atom_types: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor,
-                edge_index: torch.Tensor, edge_pair: Optional[torch.Tensor] = None) -> torch.Tensor:
+                edge_index: torch.Tensor, edge_pair: Optional[torch.Tensor] = None,
+                type_embedding: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``edge_radial`` is per edge, or per pair of opposite edges when ``edge_pair`` [E]
-        (the pair of each edge) is given: the radial MLP then runs once per pair."""
+        (the pair of each edge) is given: the radial MLP then runs once per pair.
+        ``type_embedding`` [S, D]: the species embedding table (for the embedding self-connection)."""
         h = self.linear_up(x)
         weights = self.radial_mlp(edge_radial)
         if edge_pair is not None:
             weights = weights.index_select(0, edge_pair)
         msg = self.message(h, edge_sh, weights, edge_index) * self.inv_sqrt_avg_num_neighbors
         # self-connection and message are summed with 1/sqrt(2) to keep unit variance
-        y = (self.linear_down(msg) + self.self_connection(x, atom_types)) * 0.7071067811865476
+        y = (self.linear_down(msg) + self.self_connection(x, atom_types, type_embedding)) * 0.7071067811865476
         return self.gate(y)

@@ -1,7 +1,7 @@
 """Equivariant linear maps on the [N, D, C] layout: channels mix, irrep components do not."""
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -50,9 +50,13 @@ class IrrepsLinear(nn.Module):
         self.register_buffer("index", torch.tensor(flat, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply_weights(x, [w for w in self.weights])
+
+    def apply_weights(self, x: torch.Tensor, weights: List[torch.Tensor]) -> torch.Tensor:
+        """The map with the given weights (shaped like ``self.weights``) instead of its own."""
         n, c = x.shape[0], x.shape[2]
         outs: List[torch.Tensor] = []
-        for k, w in enumerate(self.weights):
+        for k, w in enumerate(weights):
             start, stop, m, scale = self.bounds[k]
             copies = (stop - start) // m
             # [N, k*m, C] -> [N, m, k*C]  (copy-major along channels, matching the weight rows)
@@ -73,6 +77,14 @@ class IrrepsLinear(nn.Module):
         return torch.cat(full, dim=1)
 
 
+def pick_species(y: torch.Tensor, atom_types: torch.Tensor, num_types: int, channels: int) -> torch.Tensor:
+    """[N, D, S*C] (the map of every species, species-major) -> [N, D, C] of each node's species."""
+    n, d = y.shape[0], y.shape[1]
+    y = y.view(n, d, num_types, channels)
+    idx = atom_types.view(n, 1, 1, 1).expand(n, d, 1, channels)
+    return y.gather(2, idx).squeeze(2)
+
+
 class SpeciesLinear(nn.Module):
     """Self-connection: an IrrepsLinear whose weights depend on the species of the node.
 
@@ -91,9 +103,49 @@ class SpeciesLinear(nn.Module):
         self.irreps_in = self.linear.irreps_in
         self.irreps_out = e3nn_irreps(irreps_out, channels_out)
 
-    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
-        y = self.linear(x)  # [N, D, S*C]
-        n, d = y.shape[0], y.shape[1]
-        y = y.view(n, d, self.num_types, self.channels_out)
-        idx = atom_types.view(n, 1, 1, 1).expand(n, d, 1, self.channels_out)
-        return y.gather(2, idx).squeeze(2)
+    def forward(self, x: torch.Tensor, atom_types: torch.Tensor, embedding: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        """``embedding`` is accepted (and unused) for the same call as :class:`EmbeddingSelfConnection`."""
+        return pick_species(self.linear(x), atom_types, self.num_types, self.channels_out)
+
+
+class EmbeddingSelfConnection(nn.Module):
+    """NequIP's self-connection: bilinear in the node features and the species embedding,
+
+        out[n, :, o] = sum_{c, d} x[n, :, c] e[type(n), d] W[c, d, o] / sqrt(C_in * D)
+
+    per output irrep (a fully connected tensor product of the features with the D scalars of
+    the embedding). With a species embedding this is the same function class as
+    :class:`SpeciesLinear`, parametrised through the embedding (C_in x D x C_out weights per
+    irrep, as NequIP has them). It is evaluated as a species-indexed linear map whose weights,
+    sum_d e[s, d] W[:, d, :], are formed once per call for the S species: the cost does not
+    grow with D.
+    """
+
+    def __init__(self, irreps_in: Sequence[Irrep], irreps_out: Sequence[Irrep], channels_in: int,
+                 channels_out: int, num_types: int, embed_dim: int):
+        super().__init__()
+        self.num_types = num_types
+        self.channels_out = channels_out
+        self.embed_dim = embed_dim
+        # the species-indexed map whose weights are formed from the embedding each call
+        self.linear = IrrepsLinear(irreps_in, irreps_out, channels_in, channels_out * num_types, allow_missing=True)
+        self.weights = nn.ParameterList([nn.Parameter(torch.randn(w.shape[0], embed_dim, channels_out))
+                                         for w in self.linear.weights])
+        del self.linear.weights  # its own weights are never used
+        self.linear.weights = nn.ParameterList()
+        self.irreps_in = self.linear.irreps_in
+        self.irreps_out = e3nn_irreps(irreps_out, channels_out)
+
+    def forward(self, x: torch.Tensor, atom_types: torch.Tensor, embedding: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        """x [N, D_in, C_in], atom_types [N], embedding [S, D] (the species embedding table)."""
+        if embedding is None:
+            raise ValueError("EmbeddingSelfConnection needs the species embedding table")
+        e = embedding * (1.0 / math.sqrt(self.embed_dim))
+        per_species: List[torch.Tensor] = []
+        for w in self.weights:
+            fan_in = w.shape[0]
+            # [fan_in, D, C] x [S, D] -> [fan_in, S * C], species-major like SpeciesLinear's
+            per_species.append(torch.einsum("fdc,sd->fsc", w, e).reshape(fan_in, self.num_types * self.channels_out))
+        return pick_species(self.linear.apply_weights(x, per_species), atom_types, self.num_types, self.channels_out)

@@ -36,17 +36,23 @@ class NequIPModel(nn.Module):
     irreps up to ``l_max`` (both parities if ``parity``, else SO(3) only), edge harmonics up to
     ``l_max``, ``num_bessel`` radial functions within ``r_max`` (Angstrom), and a radial MLP of
     ``radial_depth`` layers of ``radial_hidden`` units. The last block outputs scalars only,
-    since the readout uses nothing else.
+    since the readout uses nothing else. ``self_connection``: "species" (a linear map per
+    species, C x C weights per irrep and species) or "embedding" (NequIP's: bilinear in the
+    features and the C-dimensional species embedding, C x C x C weights per irrep, in every block
+    after the first; the first keeps the per-species map).
     """
 
     def __init__(self, num_types: int, r_max: float = 5.0, num_layers: int = 3, channels: int = 32, l_max: int = 1,
                  parity: bool = True, num_bessel: int = 8, cutoff_p: int = 6, radial_hidden: int = 64,
                  radial_depth: int = 2, readout_hidden: int = 16, avg_num_neighbors: float = 10.0,
                  atomic_energy_scales: Union[Sequence[float], float] = 1.0,
-                 atomic_energy_shifts: Union[Sequence[float], float] = 0.0, message_backend: str = "auto"):
+                 atomic_energy_shifts: Union[Sequence[float], float] = 0.0, message_backend: str = "auto",
+                 self_connection: str = "species"):
         super().__init__()
         if num_layers < 1:
             raise ValueError("num_layers must be at least 1")
+        if self_connection not in ("species", "embedding"):
+            raise ValueError(f"self_connection must be 'species' or 'embedding', got '{self_connection}'")
         self.r_max = float(r_max)
         self.embedding = SpeciesEmbedding(num_types, channels)
         self.edges = EdgeEmbedding(r_max, num_bessel, cutoff_p, l_max)
@@ -56,8 +62,11 @@ class NequIPModel(nn.Module):
         irreps = [(0, 1)]
         for i in range(num_layers):
             target = hidden if i < num_layers - 1 else [(0, 1)]
+            # "embedding": the bilinear in every block after the first, as NequIP has it (its first
+            # block has none: the input is the embedding itself); ours keeps the per-species map there
+            embed_dim = channels if (self_connection == "embedding" and i > 0) else 0
             block = NequIPInteraction(irreps, irreps_sh, target, channels, num_types, num_bessel, radial_hidden,
-                                      radial_depth, avg_num_neighbors, message_backend)
+                                      radial_depth, avg_num_neighbors, message_backend, embed_dim)
             irreps = block.out_irreps_list
             layers.append(block)
         self.layers = nn.ModuleList(layers)
@@ -76,6 +85,6 @@ class NequIPModel(nn.Module):
         edge_sh, edge_radial = self.edges(data[K.EDGE_VECTORS], pair_edge)
         x = self.embedding(atom_types)
         for layer in self.layers:
-            x = layer(x, atom_types, edge_sh, edge_radial, edge_index, edge_pair)
+            x = layer(x, atom_types, edge_sh, edge_radial, edge_index, edge_pair, self.embedding.weight)
         data[K.ATOMIC_ENERGY] = self.scale_shift(self.readout(x[:, 0, :]), atom_types)
         return data
