@@ -147,7 +147,7 @@ def test_embedding_self_connection_is_a_species_linear_map():
     ref = SpeciesLinear(irreps_in, irreps_out, C, C + 1, n_types).double()
     with torch.no_grad():
         for w_ref, w in zip(ref.linear.weights, sc.weights):
-            w_ref.copy_(torch.einsum("fdc,sd->fsc", w, table).reshape(w.shape[0], -1) / embed ** 0.5)
+            w_ref.copy_(torch.einsum("dfc,sd->fsc", w, table).reshape(w.shape[1], -1) / embed ** 0.5)
     x = torch.randn(8, sum(2 * l + 1 for l, _ in irreps_in), C, dtype=torch.float64)
     types = torch.randint(0, n_types, (8,))
     torch.testing.assert_close(sc(x, types, table), ref(x, types), rtol=1e-12, atol=1e-12)

@@ -112,7 +112,7 @@ class SpeciesLinear(nn.Module):
 class EmbeddingSelfConnection(nn.Module):
     """NequIP's self-connection: bilinear in the node features and the species embedding,
 
-        out[n, :, o] = sum_{c, d} x[n, :, c] e[type(n), d] W[c, d, o] / sqrt(C_in * D)
+        out[n, :, o] = sum_{c, d} x[n, :, c] e[type(n), d] W[d, c, o] / sqrt(C_in * D)
 
     per output irrep (a fully connected tensor product of the features with the D scalars of
     the embedding). With a species embedding this is the same function class as
@@ -130,7 +130,8 @@ class EmbeddingSelfConnection(nn.Module):
         self.embed_dim = embed_dim
         # the species-indexed map whose weights are formed from the embedding each call
         self.linear = IrrepsLinear(irreps_in, irreps_out, channels_in, channels_out * num_types, allow_missing=True)
-        self.weights = nn.ParameterList([nn.Parameter(torch.randn(w.shape[0], embed_dim, channels_out))
+        # stored [D, fan_in, C_out]: one [S, D] x [D, fan_in * C_out] matmul forms every species' map
+        self.weights = nn.ParameterList([nn.Parameter(torch.randn(embed_dim, w.shape[0], channels_out))
                                          for w in self.linear.weights])
         del self.linear.weights  # its own weights are never used
         self.linear.weights = nn.ParameterList()
@@ -145,7 +146,8 @@ class EmbeddingSelfConnection(nn.Module):
         e = embedding * (1.0 / math.sqrt(self.embed_dim))
         per_species: List[torch.Tensor] = []
         for w in self.weights:
-            fan_in = w.shape[0]
-            # [fan_in, D, C] x [S, D] -> [fan_in, S * C], species-major like SpeciesLinear's
-            per_species.append(torch.einsum("fdc,sd->fsc", w, e).reshape(fan_in, self.num_types * self.channels_out))
+            fan_in = w.shape[1]
+            # [S, D] x [D, fan_in * C] -> [fan_in, S * C], species-major like SpeciesLinear's
+            ws = (e @ w.reshape(self.embed_dim, fan_in * self.channels_out)).view(self.num_types, fan_in, -1)
+            per_species.append(ws.transpose(0, 1).reshape(fan_in, self.num_types * self.channels_out))
         return pick_species(self.linear.apply_weights(x, per_species), atom_types, self.num_types, self.channels_out)

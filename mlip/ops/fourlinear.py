@@ -23,6 +23,7 @@ kernels on GPU (:mod:`mlip.ops.triton_message`), the C++ kernels on CPU
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -47,7 +48,7 @@ class Plan:
     y_slices: Tuple[Tuple[int, int], ...]   # per harmonic irrep
     z_slices: Tuple[Tuple[int, int], ...]   # per path (its output block)
 
-    @property
+    @cached_property  # looked up on every kernel launch
     def key(self) -> str:
         return hashlib.sha1(repr((self.entries, self.dim_x, self.dim_y, self.dim_z, self.num_paths)).encode()
                             ).hexdigest()[:16]
