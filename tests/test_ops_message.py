@@ -113,3 +113,38 @@ def test_message_passing_picks_the_cpu_kernel(monkeypatch):
     torch.testing.assert_close(mp(x, y, w, edge_index), ref, rtol=1e-12, atol=1e-12)
     with pytest.raises(RuntimeError, match="MLIP_CPU_KERNEL=0"):
         fused_message_cpu(x, y, w, edge_index, spec, 7)
+
+
+@pytest.mark.parametrize("name", ["l1_so3_to_scalar", "l2_parity"])
+def test_cpu_fused_shared_pair_weights(name):
+    """Weights with one row per pair of edges (edge e reads row edge_pair[e]; rows with one or
+    several edges) equal the per-edge gather, to second derivatives, and through MessagePassing."""
+    spec = _spec(name)
+    n_nodes, n_edges, channels = 7, 40, 5
+    edge_index, x, y, _ = _inputs(spec, n_nodes, n_edges, channels)
+    g = torch.Generator().manual_seed(3)
+    edge_pair = torch.randint(0, 25, (n_edges,), generator=g)
+    edge_pair[:25] = torch.arange(25)  # every row used, some by one edge, some by several
+    rows = torch.randn(25, spec.num_paths, channels, generator=g, dtype=torch.float64).requires_grad_(True)
+    cg = spec.cg_tensor(torch.float64)
+    got = _derivatives(lambda a, b, c: fused_message_cpu(a, b, c, edge_index, spec, n_nodes, edge_pair), x, y, rows)
+    want = _derivatives(lambda a, b, c: message_reference(a, b, c.index_select(0, edge_pair), edge_index, cg,
+                                                          spec.path_of_output(), n_nodes), x, y, rows)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * max(1.0, b.abs().max().item()))
+    with default_dtype(torch.float64):
+        mp = MessagePassing(spec, channels)
+    with reference_message():
+        ref = mp(x, y, rows, edge_index, edge_pair)
+    torch.testing.assert_close(mp(x, y, rows, edge_index, edge_pair), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_fused_rejects_bad_indices():
+    spec = _spec("l1_parity")
+    edge_index, x, y, w = _inputs(spec)
+    bad = edge_index.clone()
+    bad[1, 3] = 7  # one past the last node
+    with pytest.raises(RuntimeError, match="outside"):
+        fused_message_cpu(x, y, w, bad, spec, 7)
+    with pytest.raises(RuntimeError, match="w_rows"):
+        fused_message_cpu(x, y, w[:5], edge_index, spec, 7, torch.full((40,), 5))

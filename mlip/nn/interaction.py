@@ -57,10 +57,8 @@ class NequIPInteraction(nn.Module):
         (the pair of each edge) is given: the radial MLP then runs once per pair.
         ``type_embedding`` [S, D]: the species embedding table (for the embedding self-connection)."""
         h = self.linear_up(x)
-        weights = self.radial_mlp(edge_radial)
-        if edge_pair is not None:
-            weights = weights.index_select(0, edge_pair)
-        msg = self.message(h, edge_sh, weights, edge_index) * self.inv_sqrt_avg_num_neighbors
+        weights = self.radial_mlp(edge_radial)  # per edge, or per pair (edge e reads row edge_pair[e])
+        msg = self.message(h, edge_sh, weights, edge_index, edge_pair) * self.inv_sqrt_avg_num_neighbors
         # self-connection and message are summed with 1/sqrt(2) to keep unit variance
         y = (self.linear_down(msg) + self.self_connection(x, atom_types, type_embedding)) * 0.7071067811865476
         return self.gate(y)

@@ -99,12 +99,17 @@ def cpu_kernel_available() -> bool:
 
 
 class CpuGraph:
-    """Edge endpoints as the kernels want them (contiguous int64)."""
+    """Edge endpoints as the kernels want them (contiguous int64), and the row of the weights
+    each edge reads: ``edge_pair`` [E] when opposite edges share one row (``num_weight_rows``
+    rows), else row = edge."""
 
-    def __init__(self, edge_index: torch.Tensor, num_nodes: int):
+    def __init__(self, edge_index: torch.Tensor, num_nodes: int, edge_pair: Optional[torch.Tensor] = None,
+                 num_weight_rows: int = 0):
         self.receiver = edge_index[0].contiguous().long()
         self.sender = edge_index[1].contiguous().long()
         self.num_nodes = int(num_nodes)
+        self.w_rows = edge_pair.contiguous().long() if edge_pair is not None else torch.empty(0, dtype=torch.long)
+        self.num_w_rows = int(num_weight_rows) if edge_pair is not None else int(self.receiver.shape[0])
 
 
 _TERMS: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
@@ -127,20 +132,26 @@ def launch_cpu(free: str, plan: Plan, graph: CpuGraph, vals: Dict[str, torch.Ten
     args = [vals[s].contiguous() if s in vals else placeholder for s in SLOTS]
     idx, val = _terms(plan)
     return torch.ops.mlip_cpu.contract(SLOTS.index(free), idx, val, *args, graph.receiver, graph.sender,
-                                       graph.num_nodes, plan.dims()[free])
+                                       graph.w_rows, graph.num_w_rows, graph.num_nodes, plan.dims()[free])
 
 
 def fused_message_cpu(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
-                      edge_index: torch.Tensor, spec: TensorProductSpec, num_nodes: int) -> torch.Tensor:
+                      edge_index: torch.Tensor, spec: TensorProductSpec, num_nodes: int,
+                      edge_pair: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Fused equivalent of :func:`mlip.ops.message.message_reference` on CPU tensors (same
-    arguments, with the spec instead of the dense CG tensor). Differentiable to any order."""
+    arguments, with the spec instead of the dense CG tensor). Differentiable to any order.
+
+    With ``edge_pair`` [E], ``edge_weights`` holds one row per pair of opposite edges and edge e
+    reads row ``edge_pair[e]`` (no per-edge copy of the weights; their gradient is summed per
+    pair inside the kernel)."""
     error = load_cpu_kernel()
     if error is not None:
         raise RuntimeError(f"the fused CPU message kernel is not available: {error}")
     plan = plan_for(spec)
-    dtype = check_message_inputs(plan, node_feats, edge_sh, edge_weights, edge_index)
+    dtype = check_message_inputs(plan, node_feats, edge_sh, edge_weights, edge_index, edge_pair is not None)
     vals = {"x": node_feats.to(dtype), "y": edge_sh.to(dtype), "w": edge_weights.to(dtype)}
-    return contract(launch_cpu, "z", plan, CpuGraph(edge_index, num_nodes), vals)
+    graph = CpuGraph(edge_index, num_nodes, edge_pair, edge_weights.shape[0])
+    return contract(launch_cpu, "z", plan, graph, vals)
 
 
 __all__ = ["fused_message_cpu", "cpu_kernel_available", "load_cpu_kernel", "launch_cpu", "CpuGraph"]

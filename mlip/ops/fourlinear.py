@@ -118,17 +118,19 @@ def contract(launch: Launch, free: str, plan: Plan, graph, vals: Dict[str, torch
 
 
 def check_message_inputs(plan: Plan, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
-                         edge_index: torch.Tensor) -> torch.dtype:
-    """Shapes of a fused message call against the plan; returns the common dtype."""
+                         edge_index: torch.Tensor, shared_weights: bool = False) -> torch.dtype:
+    """Shapes of a fused message call against the plan; returns the common dtype.
+    ``shared_weights``: the weights have one row per pair of edges, not per edge."""
     n_e = edge_index.shape[1]
     if node_feats.dim() != 3 or node_feats.shape[1] != plan.dim_x:
         raise ValueError(f"node_feats must be [N, {plan.dim_x}, C], got {tuple(node_feats.shape)}")
     channels = node_feats.shape[2]
     if tuple(edge_sh.shape) != (n_e, plan.dim_y):
         raise ValueError(f"edge_sh must be [{n_e}, {plan.dim_y}], got {tuple(edge_sh.shape)}")
-    if tuple(edge_weights.shape) != (n_e, plan.num_paths, channels):
-        raise ValueError(f"edge_weights must be [{n_e}, {plan.num_paths}, {channels}], "
-                         f"got {tuple(edge_weights.shape)}")
+    rows = edge_weights.shape[0] if shared_weights and edge_weights.dim() == 3 else n_e
+    if tuple(edge_weights.shape) != (rows, plan.num_paths, channels):
+        raise ValueError(f"edge_weights must be [{'pairs' if shared_weights else n_e}, {plan.num_paths}, "
+                         f"{channels}], got {tuple(edge_weights.shape)}")
     dtype = torch.promote_types(torch.promote_types(node_feats.dtype, edge_sh.dtype), edge_weights.dtype)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"fused message supports float32 and float64, got {dtype}")

@@ -8,7 +8,7 @@ touches per-edge messages, so a fused kernel can replace it without changing the
 """
 
 from contextlib import contextmanager
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -109,20 +109,29 @@ class MessagePassing(nn.Module):
         self.irreps_out = e3nn_irreps(spec.irreps_out, channels)
 
     def forward(self, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
-                edge_index: torch.Tensor) -> torch.Tensor:
+                edge_index: torch.Tensor, edge_pair: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``edge_weights`` [E, P, C], or [pairs, P, C] with ``edge_pair`` [E] (the row of each edge:
+        opposite edges have the same length, hence the same radial weights)."""
         if not torch.jit.is_scripting():
             kind = self._fused_kind(node_feats)
+            if kind == "cpu":  # reads the shared rows itself
+                return self._fused(kind, node_feats, edge_sh, edge_weights, edge_index, edge_pair)
             if kind != "":
-                return self._fused(kind, node_feats, edge_sh, edge_weights, edge_index)
+                if edge_pair is not None:
+                    edge_weights = edge_weights.index_select(0, edge_pair)
+                return self._fused(kind, node_feats, edge_sh, edge_weights, edge_index, None)
+        if edge_pair is not None:
+            edge_weights = edge_weights.index_select(0, edge_pair)
         return message_grouped(node_feats, edge_sh, edge_weights, edge_index, self.cg.to(node_feats.dtype),
                                self.weight_groups, node_feats.shape[0])
 
     @torch.jit.unused
     def _fused(self, kind: str, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
-               edge_index: torch.Tensor) -> torch.Tensor:
+               edge_index: torch.Tensor, edge_pair: Optional[torch.Tensor]) -> torch.Tensor:
         if kind == "cpu":
             from mlip.ops.cpu_message import fused_message_cpu
-            return fused_message_cpu(node_feats, edge_sh, edge_weights, edge_index, self.spec, node_feats.shape[0])
+            return fused_message_cpu(node_feats, edge_sh, edge_weights, edge_index, self.spec, node_feats.shape[0],
+                                     edge_pair)
         from mlip.ops.triton_message import fused_message
         return fused_message(node_feats, edge_sh, edge_weights, edge_index, self.spec, node_feats.shape[0])
 

@@ -8,7 +8,8 @@
 // The terms t = (a, b, k, p, v) are the non-zero Clebsch-Gordan entries of the tensor product.
 // Per-edge products are formed in a few cache-resident rows and never written to memory as
 // [E, D, C] tensors; scatters go to per-thread buffers summed at the end (deterministic for a
-// given thread count, any edge order).
+// given thread count, any edge order). The weights w may be shared between edges (one row per
+// pair of opposite edges, which have the same length): edge e reads row w_rows[e].
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -62,8 +63,11 @@ std::vector<Group> node_groups(const std::vector<Term>& terms, bool free_z) {
   return groups;
 }
 
+// Row of w for edge e: w_rows[e] when the weights are shared (pairs of opposite edges), else e.
+inline int64_t w_row(const int64_t* w_rows, int64_t e) { return w_rows ? w_rows[e] : e; }
+
 template <typename T>
-at::Tensor node_kernel(const at::Tensor& gathered, const at::Tensor& y, const at::Tensor& w,
+at::Tensor node_kernel(const at::Tensor& gathered, const at::Tensor& y, const at::Tensor& w, const int64_t* w_rows,
                        const at::Tensor& gather_idx, const at::Tensor& scatter_idx, int64_t num_nodes,
                        int64_t dim_out, const std::vector<Group>& groups) {
   const int64_t E = y.size(0), dy = y.size(1), np = w.size(1), C = w.size(2), dg = gathered.size(1);
@@ -90,7 +94,7 @@ at::Tensor node_kernel(const at::Tensor& gathered, const at::Tensor& y, const at
     for (int64_t e = begin; e < end; ++e) {
       const T* g = gp + gi[e] * dg * C;
       const T* ye = yp + e * dy;
-      const T* we = wp + e * np * C;
+      const T* we = wp + w_row(w_rows, e) * np * C;
       T* o = dst + si[e] * row;
       for (const Group& grp : groups) {
         std::fill(tp, tp + C, T(0));
@@ -115,12 +119,27 @@ at::Tensor node_kernel(const at::Tensor& gathered, const at::Tensor& y, const at
   return out;
 }
 
-// free w: out[e, p, c] = sum_k z[r, k, c] * sum_{(a, b)} v y[e, b] x[s, a, c]
+// free w: out[q, p, c] = sum over the edges e of row q (one edge, or the two edges of a pair) of
+//   sum_k z[r, k, c] * sum_{(a, b)} v y[e, b] x[s, a, c]
+// Parallel over rows, so the edges sharing a row are summed without races and every output row
+// is written once (no zero-filled [R, P, C] tensor).
 template <typename T>
 at::Tensor edge_w_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& z, const at::Tensor& snd,
-                         const at::Tensor& rcv, int64_t np, const std::vector<Term>& terms) {
+                         const at::Tensor& rcv, int64_t np, const int64_t* w_rows, int64_t num_rows,
+                         const std::vector<Term>& terms) {
   const int64_t E = y.size(0), dy = y.size(1), C = x.size(2), dx = x.size(1), dz = z.size(1);
-  auto out = at::zeros({E, np, C}, x.options());
+  const int64_t R = w_rows ? num_rows : E;
+  auto out = at::empty({R, np, C}, x.options());
+  // edges of each row (counting sort; identity without w_rows)
+  std::vector<int64_t> ptr, perm;
+  if (w_rows) {
+    ptr.assign(R + 1, 0);
+    for (int64_t e = 0; e < E; ++e) ++ptr[w_rows[e] + 1];
+    for (int64_t q = 0; q < R; ++q) ptr[q + 1] += ptr[q];
+    perm.resize(E);
+    std::vector<int64_t> fill(ptr.begin(), ptr.end() - 1);
+    for (int64_t e = 0; e < E; ++e) perm[fill[w_rows[e]]++] = e;
+  }
   // groups keyed by (k, p): z row times a combination of x rows
   std::vector<Group> groups;
   for (const Term& t : terms) {
@@ -137,24 +156,29 @@ at::Tensor edge_w_kernel(const at::Tensor& x, const at::Tensor& y, const at::Ten
   const int64_t* sp = snd.data_ptr<int64_t>();
   const int64_t* rp = rcv.data_ptr<int64_t>();
   T* op = out.data_ptr<T>();
-  at::parallel_for(0, E, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
     std::vector<T> tmp(C);
     T* tp = tmp.data();
-    for (int64_t e = begin; e < end; ++e) {
-      const T* xs = xp + sp[e] * dx * C;
-      const T* zr = zp + rp[e] * dz * C;
-      const T* ye = yp + e * dy;
-      T* oe = op + e * np * C;
-      for (const Group& grp : groups) {
-        std::fill(tp, tp + C, T(0));
-        for (const auto& [a, b, v] : grp.inner) {
-          const T coef = T(v) * ye[b];
-          const T* xr = xs + a * C;
-          for (int64_t c = 0; c < C; ++c) tp[c] += coef * xr[c];
+    for (int64_t q = begin; q < end; ++q) {
+      T* oq = op + q * np * C;
+      std::fill(oq, oq + np * C, T(0));
+      const int64_t first = w_rows ? ptr[q] : q, last = w_rows ? ptr[q + 1] : q + 1;
+      for (int64_t i = first; i < last; ++i) {
+        const int64_t e = w_rows ? perm[i] : i;
+        const T* xs = xp + sp[e] * dx * C;
+        const T* zr = zp + rp[e] * dz * C;
+        const T* ye = yp + e * dy;
+        for (const Group& grp : groups) {
+          std::fill(tp, tp + C, T(0));
+          for (const auto& [a, b, v] : grp.inner) {
+            const T coef = T(v) * ye[b];
+            const T* xr = xs + a * C;
+            for (int64_t c = 0; c < C; ++c) tp[c] += coef * xr[c];
+          }
+          const T* zk = zr + grp.outer * C;
+          T* orow = oq + grp.p * C;
+          for (int64_t c = 0; c < C; ++c) orow[c] += zk[c] * tp[c];
         }
-        const T* zk = zr + grp.outer * C;
-        T* orow = oe + grp.p * C;
-        for (int64_t c = 0; c < C; ++c) orow[c] += zk[c] * tp[c];
       }
     }
   });
@@ -163,9 +187,9 @@ at::Tensor edge_w_kernel(const at::Tensor& x, const at::Tensor& y, const at::Ten
 
 // free y: out[e, b] = sum_t v sum_c x[s, a, c] w[e, p, c] z[r, k, c]; one dot product per distinct (a, p, k)
 template <typename T>
-at::Tensor edge_y_kernel(const at::Tensor& x, const at::Tensor& w, const at::Tensor& z, const at::Tensor& snd,
-                         const at::Tensor& rcv, int64_t dy, const std::vector<Term>& terms) {
-  const int64_t E = w.size(0), np = w.size(1), C = w.size(2), dx = x.size(1), dz = z.size(1);
+at::Tensor edge_y_kernel(const at::Tensor& x, const at::Tensor& w, const int64_t* w_rows, const at::Tensor& z,
+                         const at::Tensor& snd, const at::Tensor& rcv, int64_t dy, const std::vector<Term>& terms) {
+  const int64_t E = snd.size(0), np = w.size(1), C = w.size(2), dx = x.size(1), dz = z.size(1);
   auto out = at::zeros({E, dy}, w.options());
   struct Dot {
     int64_t a, p, k;
@@ -191,7 +215,7 @@ at::Tensor edge_y_kernel(const at::Tensor& x, const at::Tensor& w, const at::Ten
     for (int64_t e = begin; e < end; ++e) {
       const T* xs = xp + sp[e] * dx * C;
       const T* zr = zp + rp[e] * dz * C;
-      const T* we = wp + e * np * C;
+      const T* we = wp + w_row(w_rows, e) * np * C;
       T* oe = op + e * dy;
       for (const Dot& d : dots) {
         const T* xr = xs + d.a * C;
@@ -208,12 +232,29 @@ at::Tensor edge_y_kernel(const at::Tensor& x, const at::Tensor& w, const at::Ten
 
 at::Tensor contract(int64_t free, const at::Tensor& idx, const at::Tensor& val, const at::Tensor& x,
                     const at::Tensor& y, const at::Tensor& w, const at::Tensor& z, const at::Tensor& receiver,
-                    const at::Tensor& sender, int64_t num_nodes, int64_t dim_free) {
+                    const at::Tensor& sender, const at::Tensor& w_rows, int64_t num_w_rows, int64_t num_nodes,
+                    int64_t dim_free) {
   TORCH_CHECK(free >= 0 && free <= 3, "free slot must be 0 (x), 1 (y), 2 (w) or 3 (z)");
   const std::vector<Term> terms = read_terms(idx, val);
   auto rcv = receiver.contiguous();
   auto snd = sender.contiguous();
   TORCH_CHECK(rcv.scalar_type() == at::kLong && snd.scalar_type() == at::kLong, "edge indices must be int64");
+  // w_rows [E]: the row of w of each edge (weights shared by opposite edges); empty: row = edge
+  auto wr = w_rows.contiguous();
+  TORCH_CHECK(wr.numel() == 0 || (wr.scalar_type() == at::kLong && wr.numel() == rcv.numel()),
+              "w_rows must be empty or int64 [E]");
+  const int64_t* wrp = wr.numel() ? wr.data_ptr<int64_t>() : nullptr;
+  {  // indices are trusted by the loops below: check them once (O(E))
+    const int64_t E = rcv.numel();
+    const int64_t* r = rcv.data_ptr<int64_t>();
+    const int64_t* s = snd.data_ptr<int64_t>();
+    for (int64_t e = 0; e < E; ++e) {
+      TORCH_CHECK(r[e] >= 0 && r[e] < num_nodes && s[e] >= 0 && s[e] < num_nodes, "edge ", e,
+                  " refers to a node outside [0, ", num_nodes, ")");
+      TORCH_CHECK(!wrp || (wrp[e] >= 0 && wrp[e] < num_w_rows), "w_rows[", e, "] outside [0, ", num_w_rows, ")");
+    }
+    TORCH_CHECK(free == 2 || !wrp || w.size(0) == num_w_rows, "w must have num_w_rows rows");
+  }
   // the three given slots (the free one is an unused placeholder)
   auto xc = free == 0 ? x : x.contiguous();
   auto yc = free == 1 ? y : y.contiguous();
@@ -225,16 +266,16 @@ at::Tensor contract(int64_t free, const at::Tensor& idx, const at::Tensor& val, 
   AT_DISPATCH_FLOATING_TYPES(ref.scalar_type(), "mlip_cpu_contract", [&] {
     switch (free) {
       case 3:
-        out = node_kernel<scalar_t>(xc, yc, wc, snd, rcv, num_nodes, dim_free, node_groups(terms, true));
+        out = node_kernel<scalar_t>(xc, yc, wc, wrp, snd, rcv, num_nodes, dim_free, node_groups(terms, true));
         break;
       case 0:
-        out = node_kernel<scalar_t>(zc, yc, wc, rcv, snd, num_nodes, dim_free, node_groups(terms, false));
+        out = node_kernel<scalar_t>(zc, yc, wc, wrp, rcv, snd, num_nodes, dim_free, node_groups(terms, false));
         break;
       case 2:
-        out = edge_w_kernel<scalar_t>(xc, yc, zc, snd, rcv, dim_free, terms);
+        out = edge_w_kernel<scalar_t>(xc, yc, zc, snd, rcv, dim_free, wrp, num_w_rows, terms);
         break;
       default:
-        out = edge_y_kernel<scalar_t>(xc, wc, zc, snd, rcv, dim_free, terms);
+        out = edge_y_kernel<scalar_t>(xc, wc, wrp, zc, snd, rcv, dim_free, terms);
     }
   });
   return out;
@@ -244,6 +285,6 @@ at::Tensor contract(int64_t free, const at::Tensor& idx, const at::Tensor& val, 
 
 TORCH_LIBRARY(mlip_cpu, m) {
   m.def("contract(int free, Tensor idx, Tensor val, Tensor x, Tensor y, Tensor w, Tensor z, Tensor receiver, "
-        "Tensor sender, int num_nodes, int dim_free) -> Tensor");
+        "Tensor sender, Tensor w_rows, int num_w_rows, int num_nodes, int dim_free) -> Tensor");
   m.impl("contract", c10::DispatchKey::CPU, TORCH_FN(contract));
 }
