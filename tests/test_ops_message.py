@@ -7,7 +7,8 @@ import torch
 from mlip.nn.build import default_dtype
 from mlip.ops import cpu_message
 from mlip.ops.cpu_message import fused_message_cpu
-from mlip.ops.message import MessagePassing, message_grouped, message_reference, reference_message
+from mlip.ops import reference_ops
+from mlip.ops.message import MessagePassing, message_grouped, message_reference
 from mlip.ops.tensor_product import TensorProductSpec, reachable_irreps
 
 E, O = 1, -1
@@ -102,7 +103,7 @@ def test_message_passing_picks_the_cpu_kernel(monkeypatch):
         mp = MessagePassing(spec, 5)
     edge_index, x, y, w = _inputs(spec)
     assert mp._fused_kind(x) == "cpu"
-    with reference_message():
+    with reference_ops():
         assert mp._fused_kind(x) == ""
         ref = mp(x, y, w, edge_index)
     torch.testing.assert_close(mp(x, y, w, edge_index), ref, rtol=1e-12, atol=1e-12)
@@ -134,7 +135,7 @@ def test_cpu_fused_shared_pair_weights(name):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * max(1.0, b.abs().max().item()))
     with default_dtype(torch.float64):
         mp = MessagePassing(spec, channels)
-    with reference_message():
+    with reference_ops():
         ref = mp(x, y, rows, edge_index, edge_pair)
     torch.testing.assert_close(mp(x, y, rows, edge_index, edge_pair), ref, rtol=1e-12, atol=1e-12)
 
@@ -148,3 +149,25 @@ def test_cpu_fused_rejects_bad_indices():
         fused_message_cpu(x, y, w, bad, spec, 7)
     with pytest.raises(RuntimeError, match="w_rows"):
         fused_message_cpu(x, y, w[:5], edge_index, spec, 7, torch.full((40,), 5))
+
+
+def test_fused_silu_derivatives(monkeypatch):
+    """gain * silu(x) with fused CPU derivatives: first and second derivatives against finite
+    differences, third (torch fallback) against the plain expression."""
+    from mlip.ops import silu
+
+    monkeypatch.setattr(silu, "FUSED_MIN_NUMEL", 0)
+    x = torch.randn(40, 3, dtype=torch.float64, requires_grad=True)
+    y = silu.silu_gain(x, 1.7)
+    assert y.grad_fn is not None and "SiLUGain" in type(y.grad_fn).__name__  # the fused path ran
+    assert torch.autograd.gradcheck(lambda t: silu.silu_gain(t, 1.7), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: silu.silu_gain(t, 1.7), (x,))
+
+    def third(fn):
+        (d1,) = torch.autograd.grad(fn(x, 1.7).sum(), x, create_graph=True)
+        (d2,) = torch.autograd.grad((d1 * d1).sum(), x, create_graph=True)
+        return torch.autograd.grad(d2.sum(), x)[0]
+
+    torch.testing.assert_close(third(silu.silu_gain), third(silu.silu_gain_torch), rtol=1e-12, atol=1e-12)
+    with reference_ops():
+        assert "SiLUGain" not in type(silu.silu_gain(x, 1.7).grad_fn).__name__

@@ -94,11 +94,11 @@ class CompiledPotential:
 
         from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-        from mlip.ops.message import reference_message
+        from mlip.ops import reference_ops
 
         # the fused message kernels are opaque to tracing: trace the plain-torch message step,
         # which the compiler then fuses its own way
-        with _no_duck_shapes(), reference_message():
+        with _no_duck_shapes(), reference_ops():
             try:
                 graph = make_fx(energy_forces, tracing_mode="symbolic")(*params, *buffers, *inputs)
             except GuardOnDataDependentSymNode as exc:

@@ -7,12 +7,12 @@ touches per-edge messages, so a fused kernel can replace it without changing the
 :class:`MessagePassing` dispatches on ``backend`` ("auto", "torch" or "triton").
 """
 
-from contextlib import contextmanager
 from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from mlip.ops import fused_ops_disabled
 from mlip.ops.tensor_product import TensorProductSpec
 
 
@@ -69,21 +69,6 @@ def message_grouped(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weight
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
-_REFERENCE_ONLY = [False]
-
-
-@contextmanager
-def reference_message():
-    """Within this context every :class:`MessagePassing` runs the plain-torch path, e.g. while
-    a model is traced into one graph (the fused kernels are opaque to tracing)."""
-    before = _REFERENCE_ONLY[0]
-    _REFERENCE_ONLY[0] = True
-    try:
-        yield
-    finally:
-        _REFERENCE_ONLY[0] = before
-
-
 class MessagePassing(nn.Module):
     """Channel-wise tensor-product convolution over a graph; declares its irreps like e3nn.
 
@@ -138,7 +123,7 @@ class MessagePassing(nn.Module):
     @torch.jit.unused
     def _fused_kind(self, node_feats: torch.Tensor) -> str:
         """"triton", "cpu" or "" (torch path) for these tensors."""
-        if self.backend == "torch" or _REFERENCE_ONLY[0]:
+        if self.backend == "torch" or fused_ops_disabled():
             return ""
         if self.backend in ("triton", "cpu"):
             return self.backend
