@@ -125,14 +125,27 @@ def _terms(plan: Plan) -> Tuple[torch.Tensor, torch.Tensor]:
     return t
 
 
-def launch_cpu(free: str, plan: Plan, graph: CpuGraph, vals: Dict[str, torch.Tensor]) -> torch.Tensor:
-    """One contraction (dL/d free) by the C++ kernel."""
-    ref = next(iter(vals.values()))
-    placeholder = torch.empty(0, dtype=ref.dtype)
-    args = [vals[s].contiguous() if s in vals else placeholder for s in SLOTS]
-    idx, val = _terms(plan)
-    return torch.ops.mlip_cpu.contract(SLOTS.index(free), idx, val, *args, graph.receiver, graph.sender,
-                                       graph.w_rows, graph.num_w_rows, graph.num_nodes, plan.dims()[free])
+class _CpuLaunch:
+    """The C++ kernels as a :mod:`mlip.ops.fourlinear` backend."""
+
+    def __call__(self, free: str, plan: Plan, graph: CpuGraph, vals: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """One contraction (dL/d free)."""
+        ref = next(iter(vals.values()))
+        placeholder = torch.empty(0, dtype=ref.dtype)
+        args = [vals[s].contiguous() if s in vals else placeholder for s in SLOTS]
+        idx, val = _terms(plan)
+        return torch.ops.mlip_cpu.contract(SLOTS.index(free), idx, val, *args, graph.receiver, graph.sender,
+                                           graph.w_rows, graph.num_w_rows, graph.num_nodes, plan.dims()[free])
+
+    def grads(self, plan: Plan, graph: CpuGraph, vals: Dict[str, torch.Tensor], slots) -> Dict[str, torch.Tensor]:
+        """dL/d slot for every slot in ``slots``, in one pass over the edges (all four slots given)."""
+        idx, val = _terms(plan)
+        out = torch.ops.mlip_cpu.grads(idx, val, *(vals[s].contiguous() for s in SLOTS), graph.receiver,
+                                       graph.sender, graph.w_rows, graph.num_nodes, *(s in slots for s in SLOTS))
+        return {s: t for s, t in zip(SLOTS, out) if s in slots}
+
+
+launch_cpu = _CpuLaunch()
 
 
 def fused_message_cpu(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,

@@ -18,7 +18,9 @@ slot. So four kernels close the whole derivative tower:
 free slot, so backward, double backward (force training) and any higher order run through the
 fused kernels only. A backend supplies ``launch(free, plan, graph, vals) -> Tensor``: the Triton
 kernels on GPU (:mod:`mlip.ops.triton_message`), the C++ kernels on CPU
-(:mod:`mlip.ops.cpu_message`).
+(:mod:`mlip.ops.cpu_message`). A backend whose ``launch`` also has ``grads(plan, graph, vals,
+slots) -> {slot: Tensor}`` computes all the gradients a backward needs in one pass when they
+will not be differentiated again (inference forces; the last backward of force training).
 """
 
 import hashlib
@@ -105,10 +107,13 @@ class Contract(torch.autograd.Function):
         names = others(ctx.free)
         vals = dict(zip(names, ctx.saved_tensors))
         vals[ctx.free] = grad
-        grads = []
-        for i, slot in enumerate(names):
-            grads.append(contract(ctx.launch, slot, ctx.plan, ctx.graph, vals) if ctx.needs_input_grad[4 + i]
-                         else None)
+        needed = [slot for i, slot in enumerate(names) if ctx.needs_input_grad[4 + i]]
+        all_at_once = getattr(ctx.launch, "grads", None)
+        if all_at_once is not None and not torch.is_grad_enabled():
+            # nothing will differentiate these gradients: one pass computes them all
+            out = all_at_once(ctx.plan, ctx.graph, vals, needed)
+            return (None, None, None, None, *(out.get(slot) for slot in names))
+        grads = [contract(ctx.launch, slot, ctx.plan, ctx.graph, vals) if slot in needed else None for slot in names]
         return (None, None, None, None, *grads)
 
 

@@ -63,6 +63,8 @@ std::vector<Group> node_groups(const std::vector<Term>& terms, bool free_z) {
   return groups;
 }
 
+void rows_csr(const int64_t* w_rows, int64_t E, int64_t R, std::vector<int64_t>& ptr, std::vector<int64_t>& perm);
+
 // Row of w for edge e: w_rows[e] when the weights are shared (pairs of opposite edges), else e.
 inline int64_t w_row(const int64_t* w_rows, int64_t e) { return w_rows ? w_rows[e] : e; }
 
@@ -132,14 +134,7 @@ at::Tensor edge_w_kernel(const at::Tensor& x, const at::Tensor& y, const at::Ten
   auto out = at::empty({R, np, C}, x.options());
   // edges of each row (counting sort; identity without w_rows)
   std::vector<int64_t> ptr, perm;
-  if (w_rows) {
-    ptr.assign(R + 1, 0);
-    for (int64_t e = 0; e < E; ++e) ++ptr[w_rows[e] + 1];
-    for (int64_t q = 0; q < R; ++q) ptr[q + 1] += ptr[q];
-    perm.resize(E);
-    std::vector<int64_t> fill(ptr.begin(), ptr.end() - 1);
-    for (int64_t e = 0; e < E; ++e) perm[fill[w_rows[e]]++] = e;
-  }
+  rows_csr(w_rows, E, R, ptr, perm);
   // groups keyed by (k, p): z row times a combination of x rows
   std::vector<Group> groups;
   for (const Term& t : terms) {
@@ -230,6 +225,133 @@ at::Tensor edge_y_kernel(const at::Tensor& x, const at::Tensor& w, const int64_t
   return out;
 }
 
+// Edges of each row of w, as (ptr, perm) (counting sort); empty without w_rows (row = edge).
+void rows_csr(const int64_t* w_rows, int64_t E, int64_t R, std::vector<int64_t>& ptr, std::vector<int64_t>& perm) {
+  if (!w_rows) return;
+  ptr.assign(R + 1, 0);
+  for (int64_t e = 0; e < E; ++e) ++ptr[w_rows[e] + 1];
+  for (int64_t q = 0; q < R; ++q) ptr[q + 1] += ptr[q];
+  perm.resize(E);
+  std::vector<int64_t> fill(ptr.begin(), ptr.end() - 1);
+  for (int64_t e = 0; e < E; ++e) perm[fill[w_rows[e]]++] = e;
+}
+
+// Indices are trusted by the loops: check them once (O(E)).
+const int64_t* check_indices(const at::Tensor& rcv, const at::Tensor& snd, const at::Tensor& wr, int64_t num_nodes,
+                             int64_t num_w_rows) {
+  TORCH_CHECK(rcv.scalar_type() == at::kLong && snd.scalar_type() == at::kLong, "edge indices must be int64");
+  TORCH_CHECK(wr.numel() == 0 || (wr.scalar_type() == at::kLong && wr.numel() == rcv.numel()),
+              "w_rows must be empty or int64 [E]");
+  const int64_t* wrp = wr.numel() ? wr.data_ptr<int64_t>() : nullptr;
+  const int64_t E = rcv.numel();
+  const int64_t* r = rcv.data_ptr<int64_t>();
+  const int64_t* s = snd.data_ptr<int64_t>();
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(r[e] >= 0 && r[e] < num_nodes && s[e] >= 0 && s[e] < num_nodes, "edge ", e,
+                " refers to a node outside [0, ", num_nodes, ")");
+    TORCH_CHECK(!wrp || (wrp[e] >= 0 && wrp[e] < num_w_rows), "w_rows[", e, "] outside [0, ", num_w_rows, ")");
+  }
+  return wrp;
+}
+
+// All needed first derivatives of L in one pass over the edges, given all four slots (the
+// slot being differentiated in the caller holds its cotangent): x[snd], z[rcv], y[e] and the w
+// row are gathered once for every output. Parallel over rows of w (so w's gradient is summed
+// per row without races); node-side gradients go to per-thread buffers.
+template <typename T>
+std::vector<at::Tensor> grads_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
+                                     const at::Tensor& z, const at::Tensor& snd, const at::Tensor& rcv,
+                                     const int64_t* w_rows, int64_t num_nodes, const std::vector<bool>& need,
+                                     const std::vector<Term>& terms) {
+  const int64_t E = snd.size(0), N = num_nodes, C = x.size(2);
+  const int64_t dx = x.size(1), dy = y.size(1), np = w.size(1), dz = z.size(1), R = w.size(0);
+  auto opts = x.options();
+  at::Tensor gx = need[0] ? at::zeros({N, dx, C}, opts) : at::empty({0}, opts);
+  at::Tensor gy = need[1] ? at::empty({E, dy}, opts) : at::empty({0}, opts);
+  at::Tensor gw = need[2] ? at::empty({R, np, C}, opts) : at::empty({0}, opts);
+  at::Tensor gz = need[3] ? at::zeros({N, dz, C}, opts) : at::empty({0}, opts);
+  std::vector<int64_t> ptr, perm;
+  rows_csr(w_rows, E, R, ptr, perm);
+  const T* xp = x.data_ptr<T>();
+  const T* yp = y.data_ptr<T>();
+  const T* wp = w.data_ptr<T>();
+  const T* zp = z.data_ptr<T>();
+  const int64_t* sp = snd.data_ptr<int64_t>();
+  const int64_t* rp = rcv.data_ptr<int64_t>();
+  T* gxp = need[0] ? gx.data_ptr<T>() : nullptr;
+  T* gyp = need[1] ? gy.data_ptr<T>() : nullptr;
+  T* gwp = need[2] ? gw.data_ptr<T>() : nullptr;
+  T* gzp = need[3] ? gz.data_ptr<T>() : nullptr;
+  const int nt = at::get_num_threads();
+  std::vector<std::vector<T>> priv_x(std::max(nt - 1, 0)), priv_z(std::max(nt - 1, 0));
+  at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
+    const int tid = at::get_thread_num();
+    T* gxd = gxp;
+    T* gzd = gzp;
+    if (tid > 0 && tid < nt) {  // thread 0 adds into the outputs, the others privately
+      if (gxp) {
+        priv_x[tid - 1].assign(N * dx * C, T(0));
+        gxd = priv_x[tid - 1].data();
+      }
+      if (gzp) {
+        priv_z[tid - 1].assign(N * dz * C, T(0));
+        gzd = priv_z[tid - 1].data();
+      }
+    }
+    for (int64_t q = begin; q < end; ++q) {
+      const T* wq = wp + q * np * C;
+      T* gwq = gwp ? gwp + q * np * C : nullptr;
+      if (gwq) std::fill(gwq, gwq + np * C, T(0));
+      const int64_t first = w_rows ? ptr[q] : q, last = w_rows ? ptr[q + 1] : q + 1;
+      for (int64_t i = first; i < last; ++i) {
+        const int64_t e = w_rows ? perm[i] : i;
+        const int64_t s = sp[e], r = rp[e];
+        const T* xs = xp + s * dx * C;
+        const T* zr = zp + r * dz * C;
+        const T* ye = yp + e * dy;
+        T* gye = gyp ? gyp + e * dy : nullptr;
+        if (gye) std::fill(gye, gye + dy, T(0));
+        for (const Term& t : terms) {
+          const T* xa = xs + t.a * C;
+          const T* wr = wq + t.p * C;
+          const T* zk = zr + t.k * C;
+          const T cv = T(t.v) * ye[t.b];
+          if (gxd) {
+            T* o = gxd + (s * dx + t.a) * C;
+            for (int64_t c = 0; c < C; ++c) o[c] += cv * wr[c] * zk[c];
+          }
+          if (gzd) {
+            T* o = gzd + (r * dz + t.k) * C;
+            for (int64_t c = 0; c < C; ++c) o[c] += cv * xa[c] * wr[c];
+          }
+          if (gwq) {
+            T* o = gwq + t.p * C;
+            for (int64_t c = 0; c < C; ++c) o[c] += cv * xa[c] * zk[c];
+          }
+          if (gye) {
+            T acc = 0;
+            for (int64_t c = 0; c < C; ++c) acc += xa[c] * wr[c] * zk[c];
+            gye[t.b] += T(t.v) * acc;
+          }
+        }
+      }
+    }
+  });
+  for (int k = 0; k < 2; ++k) {
+    auto& priv = k == 0 ? priv_x : priv_z;
+    T* out = k == 0 ? gxp : gzp;
+    const int64_t n = N * (k == 0 ? dx : dz) * C;
+    for (auto& buf : priv) {
+      if (buf.empty()) continue;
+      const T* bp = buf.data();
+      at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) out[i] += bp[i];
+      });
+    }
+  }
+  return {gx, gy, gw, gz};
+}
+
 at::Tensor contract(int64_t free, const at::Tensor& idx, const at::Tensor& val, const at::Tensor& x,
                     const at::Tensor& y, const at::Tensor& w, const at::Tensor& z, const at::Tensor& receiver,
                     const at::Tensor& sender, const at::Tensor& w_rows, int64_t num_w_rows, int64_t num_nodes,
@@ -238,23 +360,10 @@ at::Tensor contract(int64_t free, const at::Tensor& idx, const at::Tensor& val, 
   const std::vector<Term> terms = read_terms(idx, val);
   auto rcv = receiver.contiguous();
   auto snd = sender.contiguous();
-  TORCH_CHECK(rcv.scalar_type() == at::kLong && snd.scalar_type() == at::kLong, "edge indices must be int64");
   // w_rows [E]: the row of w of each edge (weights shared by opposite edges); empty: row = edge
   auto wr = w_rows.contiguous();
-  TORCH_CHECK(wr.numel() == 0 || (wr.scalar_type() == at::kLong && wr.numel() == rcv.numel()),
-              "w_rows must be empty or int64 [E]");
-  const int64_t* wrp = wr.numel() ? wr.data_ptr<int64_t>() : nullptr;
-  {  // indices are trusted by the loops below: check them once (O(E))
-    const int64_t E = rcv.numel();
-    const int64_t* r = rcv.data_ptr<int64_t>();
-    const int64_t* s = snd.data_ptr<int64_t>();
-    for (int64_t e = 0; e < E; ++e) {
-      TORCH_CHECK(r[e] >= 0 && r[e] < num_nodes && s[e] >= 0 && s[e] < num_nodes, "edge ", e,
-                  " refers to a node outside [0, ", num_nodes, ")");
-      TORCH_CHECK(!wrp || (wrp[e] >= 0 && wrp[e] < num_w_rows), "w_rows[", e, "] outside [0, ", num_w_rows, ")");
-    }
-    TORCH_CHECK(free == 2 || !wrp || w.size(0) == num_w_rows, "w must have num_w_rows rows");
-  }
+  const int64_t* wrp = check_indices(rcv, snd, wr, num_nodes, num_w_rows);
+  TORCH_CHECK(free == 2 || !wrp || w.size(0) == num_w_rows, "w must have num_w_rows rows");
   // the three given slots (the free one is an unused placeholder)
   auto xc = free == 0 ? x : x.contiguous();
   auto yc = free == 1 ? y : y.contiguous();
@@ -283,10 +392,36 @@ at::Tensor contract(int64_t free, const at::Tensor& idx, const at::Tensor& val, 
 
 }  // namespace
 
+
+std::vector<at::Tensor> grads(const at::Tensor& idx, const at::Tensor& val, const at::Tensor& x, const at::Tensor& y,
+                              const at::Tensor& w, const at::Tensor& z, const at::Tensor& receiver,
+                              const at::Tensor& sender, const at::Tensor& w_rows, int64_t num_nodes, bool need_x,
+                              bool need_y, bool need_w, bool need_z) {
+  const std::vector<Term> terms = read_terms(idx, val);
+  auto rcv = receiver.contiguous();
+  auto snd = sender.contiguous();
+  auto wr = w_rows.contiguous();
+  auto wc = w.contiguous();
+  const int64_t* wrp = check_indices(rcv, snd, wr, num_nodes, wc.size(0));
+  auto xc = x.contiguous();
+  auto yc = y.contiguous();
+  auto zc = z.contiguous();
+  TORCH_CHECK(xc.device().is_cpu(), "mlip_cpu::grads runs on CPU tensors");
+  TORCH_CHECK(wrp || wc.size(0) == rcv.numel(), "w must have one row per edge without w_rows");
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "mlip_cpu_grads", [&] {
+    out = grads_kernel<scalar_t>(xc, yc, wc, zc, snd, rcv, wrp, num_nodes, {need_x, need_y, need_w, need_z}, terms);
+  });
+  return out;
+}
+
 TORCH_LIBRARY(mlip_cpu, m) {
   m.def("contract(int free, Tensor idx, Tensor val, Tensor x, Tensor y, Tensor w, Tensor z, Tensor receiver, "
         "Tensor sender, Tensor w_rows, int num_w_rows, int num_nodes, int dim_free) -> Tensor");
+  m.def("grads(Tensor idx, Tensor val, Tensor x, Tensor y, Tensor w, Tensor z, Tensor receiver, Tensor sender, "
+        "Tensor w_rows, int num_nodes, bool need_x, bool need_y, bool need_w, bool need_z) -> Tensor[]");
   m.impl("contract", c10::DispatchKey::CPU, TORCH_FN(contract));
+  m.impl("grads", c10::DispatchKey::CPU, TORCH_FN(grads));
 }
 
 // ---------------------------------------------------------------------------------------------
