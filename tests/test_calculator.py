@@ -55,6 +55,41 @@ def test_calculator_equals_model(files, source, script):
                 atoms.get_stress()
 
 
+def _check_compiled_calculator(files, rtol, atol):
+    from mlip import MLIPCalculator
+    from mlip.checkpoint import load_model
+
+    model = load_model(files["ck"])
+    calc = MLIPCalculator(files["ck"], compile=True)
+    for atoms in (triclinic(seed=2), molecule(seed=3), molecule(seed=4)):  # other sizes, one graph
+        ref, _ = python_model_outputs(model, atoms)
+        atoms.calc = calc
+        np.testing.assert_allclose(atoms.get_potential_energy(), float(ref["total_energy"]), rtol=rtol, atol=atol)
+        np.testing.assert_allclose(atoms.get_forces(), ref["forces"].numpy(), rtol=rtol, atol=atol)
+        if atoms.pbc.all():
+            s = ref["stress"][0].numpy()
+            np.testing.assert_allclose(atoms.get_stress(voigt=False), s, rtol=rtol, atol=atol)
+    assert len(calc.models[0].module._graphs) == 1  # sizes are symbolic: traced once
+    with pytest.raises(Exception, match="compile applies to checkpoints"):
+        MLIPCalculator(files["x"], compile=True)
+    with pytest.raises(Exception, match="one of compile and script"):
+        MLIPCalculator(files["ck"], compile=True, script=True)
+
+
+def test_calculator_compile_traced_graph_equals_model(files, monkeypatch):
+    """compile=True runs energy, forces and virial as one traced graph (here left uncompiled:
+    the inductor build is in the slow tier)."""
+    from mlip.nn import compiled
+
+    monkeypatch.setattr(compiled.CompiledModule.__init__, "__defaults__", (None,))
+    _check_compiled_calculator(files, 1e-10, 1e-10)
+
+
+@pytest.mark.slow
+def test_calculator_compile_inductor_equals_model(files):
+    _check_compiled_calculator(files, 1e-8, 1e-9)  # float64 model, compiled C++
+
+
 def test_stress_sign_is_ase_convention(files):
     """ASE sign (positive = tensile): trace(stress) = (1/V) dE/d(isotropic strain), by finite difference."""
     from mlip import MLIPCalculator

@@ -64,8 +64,7 @@ class CompiledPotential:
             params = [p.detach() for p in params]  # nothing to differentiate: an inference graph
         buffers = [b for _, b in self.potential.named_buffers()]
         outputs = OUTPUTS_STRESS if compute_stress else OUTPUTS_FORCES
-        key = (tuple(keys), tuple((t.dtype, t.device, tuple(min(int(d), 2) for d in t.shape)) for t in inputs),
-               bool(compute_stress), bool(training), self.potential.training)
+        key = (tuple(keys), _size_pattern(inputs), bool(compute_stress), bool(training), self.potential.training)
         fn = self._graphs.get(key)
         if fn is None:
             fn = self._graphs[key] = self._build(keys, params, buffers, inputs, outputs, compute_stress, training)
@@ -77,7 +76,6 @@ class CompiledPotential:
     def _build(self, keys: List[str], params: List[torch.Tensor], buffers: List[torch.Tensor],
                inputs: List[torch.Tensor], outputs: Tuple[str, ...], compute_stress: bool, training: bool) -> Callable:
         from torch.func import functional_call
-        from torch.fx.experimental.proxy_tensor import make_fx
 
         pnames = [n for n, _ in self.potential.named_parameters()]
         bnames = [n for n, _ in self.potential.named_buffers()]
@@ -92,25 +90,76 @@ class CompiledPotential:
                                                               "training": training})
             return tuple(out[k] for k in outputs)
 
-        from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+        return trace_and_compile(energy_forces, [*params, *buffers, *inputs], self.backend)
 
-        from mlip.ops import reference_ops
 
-        # the fused message kernels are opaque to tracing: trace the plain-torch message step,
-        # which the compiler then fuses its own way
-        with _no_duck_shapes(), reference_ops():
-            try:
-                graph = make_fx(energy_forces, tracing_mode="symbolic")(*params, *buffers, *inputs)
-            except GuardOnDataDependentSymNode as exc:
-                # e.g. MACE's contraction, which groups atoms by species (torch.nonzero)
-                where = str(exc).split("Caused by:")[-1].strip().splitlines()[0] if "Caused by:" in str(exc) else ""
-                raise ValueError("this model cannot be traced into one graph: its shapes depend on the data "
-                                 f"({where}); use it without compile") from None
-        if self.backend is None:
-            return graph
-        options = None
-        if self.backend == "inductor" and all(t.device.type == "cpu" for t in inputs):
-            # torch 2.13's vectorised C++ code generation fails on these graphs (an assertion on
-            # an indexed store in cpp.py); scalar C++ code compiles and is what was measured
-            options = {"cpp.vec_isa_ok": False}
-        return torch.compile(graph, backend=self.backend, dynamic=True, options=options)
+def trace_and_compile(fn: Callable, args: List[torch.Tensor], backend: Optional[str]) -> Callable:
+    """``fn(*args)`` traced with make_fx (symbolic sizes, the plain-torch path of every fused op)
+    and compiled by ``backend`` (None: the traced graph as it is)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    from mlip.ops import reference_ops
+
+    # the fused kernels are opaque to tracing: trace the plain-torch path, which the compiler
+    # then fuses its own way
+    with _no_duck_shapes(), reference_ops():
+        try:
+            graph = make_fx(fn, tracing_mode="symbolic")(*args)
+        except GuardOnDataDependentSymNode as exc:
+            # e.g. MACE's contraction, which groups atoms by species (torch.nonzero)
+            where = str(exc).split("Caused by:")[-1].strip().splitlines()[0] if "Caused by:" in str(exc) else ""
+            raise ValueError("this model cannot be traced into one graph: its shapes depend on the data "
+                             f"({where}); use it without compile") from None
+    if backend is None:
+        return graph
+    return torch.compile(graph, backend=backend, dynamic=True)
+
+
+def _size_pattern(inputs: List[torch.Tensor]) -> tuple:
+    """Dtype, device and the 0 / 1 / more pattern of every size (one traced graph each)."""
+    return tuple((t.dtype, t.device, tuple(min(int(d), 2) for d in t.shape)) for t in inputs)
+
+
+class CompiledModule:
+    """Inference-only counterpart of :class:`CompiledPotential` for any module called as
+    ``module(data: Dict[str, Tensor]) -> Dict[str, Tensor]`` that takes its own derivatives
+    (e.g. the contract-form model the ASE calculator runs, forces and virial included): the
+    whole call is traced into one graph per size pattern and compiled."""
+
+    def __init__(self, module: torch.nn.Module, backend: Optional[str] = "inductor"):
+        self.module = module
+        self.backend = backend
+        self._graphs: Dict[tuple, Tuple[Callable, List[str]]] = {}
+
+    def __call__(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        keys = sorted(k for k, v in data.items() if torch.is_tensor(v))
+        inputs = [data[k] for k in keys]
+        params = [p.detach() for _, p in self.module.named_parameters()]
+        buffers = [b for _, b in self.module.named_buffers()]
+        key = (tuple(keys), _size_pattern(inputs))
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._graphs[key] = self._build(keys, params, buffers, inputs)
+        fn, out_keys = entry
+        return dict(zip(out_keys, fn(*params, *buffers, *inputs)))
+
+    def _build(self, keys: List[str], params: List[torch.Tensor], buffers: List[torch.Tensor],
+               inputs: List[torch.Tensor]) -> Tuple[Callable, List[str]]:
+        from torch.func import functional_call
+
+        pnames = [n for n, _ in self.module.named_parameters()]
+        bnames = [n for n, _ in self.module.named_buffers()]
+        n_p, n_b = len(pnames), len(bnames)
+        module = self.module
+        out_keys: List[str] = []
+
+        def call(*args):
+            state = dict(zip(pnames, args[:n_p]))
+            state.update(zip(bnames, args[n_p:n_p + n_b]))
+            out = functional_call(module, state, (dict(zip(keys, args[n_p + n_b:])),))
+            out_keys[:] = sorted(k for k, v in out.items() if torch.is_tensor(v))
+            return tuple(out[k] for k in out_keys)
+
+        fn = trace_and_compile(call, [*params, *buffers, *inputs], self.backend)
+        return fn, list(out_keys)

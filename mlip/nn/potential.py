@@ -84,8 +84,13 @@ class Potential(nn.Module):
         data[K.EDGE_VECTORS] = vectors
         data = self.energy_model(data)
         atomic_energy = data[K.ATOMIC_ENERGY]
-        total = torch.zeros(num_structures, dtype=atomic_energy.dtype, device=atomic_energy.device)
-        total = total.index_add(0, batch, atomic_energy.squeeze(-1))
+        if num_structures == 1:
+            # a plain sum; also keeps a traced one-structure graph free of a scatter into one
+            # element, which inductor's vectorised CPU code generation cannot compile (torch 2.13)
+            total = atomic_energy.sum().view(1)
+        else:
+            total = torch.zeros(num_structures, dtype=atomic_energy.dtype, device=atomic_energy.device)
+            total = total.index_add(0, batch, atomic_energy.squeeze(-1))
         data[K.TOTAL_ENERGY] = total
         if compute_forces or compute_stress:
             forces, virial = forces_and_virial(total, pos, strain, training)
