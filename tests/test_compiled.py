@@ -148,3 +148,37 @@ def test_compiled_step_under_ddp_matches_one_process(tmp_path, monkeypatch):
     _torchrun(write_config(str(tmp_path / "ddp.yaml"), ddp))
     _assert_same_run(_latest(str(tmp_path / "single")), _latest(str(tmp_path / "ddp")))
     assert "traced and compiled graph" in open(tmp_path / "ddp" / "log.txt").read()
+
+
+@pytest.mark.slow
+def test_inductor_compiles_one_species_and_one_structure():
+    """Inductor's vectorised CPU code generation (torch 2.13) cannot compile a scatter into a
+    one-element tensor; a single structure and a single species used to produce one (the total
+    energy, the gradient of the per-species energy correction). Training step, float32."""
+    from mlip.data import frames_from_atoms_list
+
+    torch.manual_seed(0)
+    model = build_model(dict(TINY_MODEL, avg_num_neighbors=10.0), ["Si"], torch.float32)
+    atoms = lj_frames(3, seed=5, reps=3)
+    for a in atoms:
+        a.numbers[:] = 14
+    graphs = GraphDataset(frames_from_atoms_list(atoms), ["Si"], 3.5, torch.float32).graphs
+    compiled = CompiledPotential(model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # inductor writes another scatter with one thread (the suite's default)
+    try:
+        _compare_training_step(model, compiled, (collate(graphs[:2]), collate(graphs[2:3])))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_training_step(model, compiled, batches):
+    for batch in batches:
+        ref = model(batch, compute_forces=True, training=True)
+        out = compiled(batch, compute_forces=True, training=True)
+        for key in (K.TOTAL_ENERGY, K.FORCES):
+            torch.testing.assert_close(out[key], ref[key], rtol=1e-4, atol=1e-5, msg=key)
+        loss = lambda o: ((o[K.TOTAL_ENERGY] - 1.0) ** 2).sum() + (o[K.FORCES] ** 2).sum()
+        params = [p for p in model.parameters() if p.requires_grad]
+        for a, b in zip(torch.autograd.grad(loss(out), params), torch.autograd.grad(loss(ref), params)):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)

@@ -46,4 +46,8 @@ class ScaleShift(nn.Module):
 
     def forward(self, atomic_energy: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         e = atomic_energy.to(torch.float64)
+        if self.scales.shape[0] == 1:
+            # one species: broadcast (the gradient of an index into a one-element parameter is a
+            # scatter that inductor's vectorised CPU code generation cannot compile, torch 2.13)
+            return self.scales * e + (self.shifts + self.correction)
         return self.scales[atom_types].unsqueeze(-1) * e + (self.shifts + self.correction)[atom_types].unsqueeze(-1)
