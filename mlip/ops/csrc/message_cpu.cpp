@@ -21,6 +21,10 @@
 
 namespace {
 
+// Edges per thread below which a kernel runs on one thread: waking the other threads costs more
+// than a few hundred edges of work (a 27-atom molecule has ~450 edges).
+constexpr int64_t kEdgeGrain = 1024;
+
 struct Term {
   int64_t a, b, k, p;
   double v;
@@ -84,7 +88,7 @@ at::Tensor node_kernel(const at::Tensor& gathered, const at::Tensor& y, const at
   const int64_t row = dim_out * C;
   const int nt = at::get_num_threads();
   std::vector<std::vector<T>> priv(std::max(nt - 1, 0));
-  at::parallel_for(0, E, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, E, kEdgeGrain, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     T* dst = op;
     if (tid > 0 && tid < nt) {  // thread 0 adds into the output itself, the others privately
@@ -151,7 +155,7 @@ at::Tensor edge_w_kernel(const at::Tensor& x, const at::Tensor& y, const at::Ten
   const int64_t* sp = snd.data_ptr<int64_t>();
   const int64_t* rp = rcv.data_ptr<int64_t>();
   T* op = out.data_ptr<T>();
-  at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, R, kEdgeGrain / 2, [&](int64_t begin, int64_t end) {
     std::vector<T> tmp(C);
     T* tp = tmp.data();
     for (int64_t q = begin; q < end; ++q) {
@@ -206,7 +210,7 @@ at::Tensor edge_y_kernel(const at::Tensor& x, const at::Tensor& w, const int64_t
   const int64_t* sp = snd.data_ptr<int64_t>();
   const int64_t* rp = rcv.data_ptr<int64_t>();
   T* op = out.data_ptr<T>();
-  at::parallel_for(0, E, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, E, kEdgeGrain, [&](int64_t begin, int64_t end) {
     for (int64_t e = begin; e < end; ++e) {
       const T* xs = xp + sp[e] * dx * C;
       const T* zr = zp + rp[e] * dz * C;
@@ -284,7 +288,7 @@ std::vector<at::Tensor> grads_kernel(const at::Tensor& x, const at::Tensor& y, c
   T* gzp = need[3] ? gz.data_ptr<T>() : nullptr;
   const int nt = at::get_num_threads();
   std::vector<std::vector<T>> priv_x(std::max(nt - 1, 0)), priv_z(std::max(nt - 1, 0));
-  at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, R, kEdgeGrain / 2, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     T* gxd = gxp;
     T* gzd = gzp;
