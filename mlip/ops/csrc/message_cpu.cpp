@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -69,14 +70,29 @@ std::vector<Group> node_groups(const std::vector<Term>& terms, bool free_z) {
 
 void rows_csr(const int64_t* w_rows, int64_t E, int64_t R, std::vector<int64_t>& ptr, std::vector<int64_t>& perm);
 
+// sum_c a[c] b[c] d[c] in 16 interleaved partial sums (a fixed order the compiler may vectorise;
+// a single running sum would have to stay scalar without -ffast-math)
+template <typename T, int CC>
+inline T dot3(const T* a, const T* b, const T* d, int64_t C) {
+  constexpr int L = 16;
+  T part[L] = {};
+  int64_t c = 0;
+  for (; c + L <= C; c += L)
+    for (int l = 0; l < L; ++l) part[l] += a[c + l] * b[c + l] * d[c + l];
+  T s = 0;
+  for (int l = 0; l < L; ++l) s += part[l];
+  for (; c < C; ++c) s += a[c] * b[c] * d[c];
+  return s;
+}
+
 // Row of w for edge e: w_rows[e] when the weights are shared (pairs of opposite edges), else e.
 inline int64_t w_row(const int64_t* w_rows, int64_t e) { return w_rows ? w_rows[e] : e; }
 
-template <typename T>
+template <typename T, int CC>
 at::Tensor node_kernel(const at::Tensor& gathered, const at::Tensor& y, const at::Tensor& w, const int64_t* w_rows,
                        const at::Tensor& gather_idx, const at::Tensor& scatter_idx, int64_t num_nodes,
                        int64_t dim_out, const std::vector<Group>& groups) {
-  const int64_t E = y.size(0), dy = y.size(1), np = w.size(1), C = w.size(2), dg = gathered.size(1);
+  const int64_t E = y.size(0), dy = y.size(1), np = w.size(1), C = CC ? CC : w.size(2), dg = gathered.size(1);
   auto out = at::zeros({num_nodes, dim_out, C}, w.options());
   if (E == 0 || num_nodes == 0) return out;
   const T* gp = gathered.data_ptr<T>();
@@ -129,11 +145,11 @@ at::Tensor node_kernel(const at::Tensor& gathered, const at::Tensor& y, const at
 //   sum_k z[r, k, c] * sum_{(a, b)} v y[e, b] x[s, a, c]
 // Parallel over rows, so the edges sharing a row are summed without races and every output row
 // is written once (no zero-filled [R, P, C] tensor).
-template <typename T>
+template <typename T, int CC>
 at::Tensor edge_w_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& z, const at::Tensor& snd,
                          const at::Tensor& rcv, int64_t np, const int64_t* w_rows, int64_t num_rows,
                          const std::vector<Term>& terms) {
-  const int64_t E = y.size(0), dy = y.size(1), C = x.size(2), dx = x.size(1), dz = z.size(1);
+  const int64_t E = y.size(0), dy = y.size(1), C = CC ? CC : x.size(2), dx = x.size(1), dz = z.size(1);
   const int64_t R = w_rows ? num_rows : E;
   auto out = at::empty({R, np, C}, x.options());
   // edges of each row (counting sort; identity without w_rows)
@@ -185,10 +201,10 @@ at::Tensor edge_w_kernel(const at::Tensor& x, const at::Tensor& y, const at::Ten
 }
 
 // free y: out[e, b] = sum_t v sum_c x[s, a, c] w[e, p, c] z[r, k, c]; one dot product per distinct (a, p, k)
-template <typename T>
+template <typename T, int CC>
 at::Tensor edge_y_kernel(const at::Tensor& x, const at::Tensor& w, const int64_t* w_rows, const at::Tensor& z,
                          const at::Tensor& snd, const at::Tensor& rcv, int64_t dy, const std::vector<Term>& terms) {
-  const int64_t E = snd.size(0), np = w.size(1), C = w.size(2), dx = x.size(1), dz = z.size(1);
+  const int64_t E = snd.size(0), np = w.size(1), C = CC ? CC : w.size(2), dx = x.size(1), dz = z.size(1);
   auto out = at::zeros({E, dy}, w.options());
   struct Dot {
     int64_t a, p, k;
@@ -220,8 +236,7 @@ at::Tensor edge_y_kernel(const at::Tensor& x, const at::Tensor& w, const int64_t
         const T* xr = xs + d.a * C;
         const T* wr = we + d.p * C;
         const T* zk = zr + d.k * C;
-        T s = 0;
-        for (int64_t c = 0; c < C; ++c) s += xr[c] * wr[c] * zk[c];
+        const T s = dot3<T, CC>(xr, wr, zk, C);
         for (const auto& [b, v] : d.to) oe[b] += T(v) * s;
       }
     }
@@ -262,12 +277,12 @@ const int64_t* check_indices(const at::Tensor& rcv, const at::Tensor& snd, const
 // slot being differentiated in the caller holds its cotangent): x[snd], z[rcv], y[e] and the w
 // row are gathered once for every output. Parallel over rows of w (so w's gradient is summed
 // per row without races); node-side gradients go to per-thread buffers.
-template <typename T>
+template <typename T, int CC>
 std::vector<at::Tensor> grads_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
                                      const at::Tensor& z, const at::Tensor& snd, const at::Tensor& rcv,
                                      const int64_t* w_rows, int64_t num_nodes, const std::vector<bool>& need,
                                      const std::vector<Term>& terms) {
-  const int64_t E = snd.size(0), N = num_nodes, C = x.size(2);
+  const int64_t E = snd.size(0), N = num_nodes, C = CC ? CC : x.size(2);
   const int64_t dx = x.size(1), dy = y.size(1), np = w.size(1), dz = z.size(1), R = w.size(0);
   auto opts = x.options();
   at::Tensor gx = need[0] ? at::zeros({N, dx, C}, opts) : at::empty({0}, opts);
@@ -333,9 +348,7 @@ std::vector<at::Tensor> grads_kernel(const at::Tensor& x, const at::Tensor& y, c
             for (int64_t c = 0; c < C; ++c) o[c] += cv * xa[c] * zk[c];
           }
           if (gye) {
-            T acc = 0;
-            for (int64_t c = 0; c < C; ++c) acc += xa[c] * wr[c] * zk[c];
-            gye[t.b] += T(t.v) * acc;
+            gye[t.b] += T(t.v) * dot3<T, CC>(xa, wr, zk, C);
           }
         }
       }
@@ -354,6 +367,19 @@ std::vector<at::Tensor> grads_kernel(const at::Tensor& x, const at::Tensor& y, c
     }
   }
   return {gx, gy, gw, gz};
+}
+
+// Calls f.template operator()<CC>() with the channel count as a compile-time constant for the
+// common widths (fixed trip counts: fully unrolled, no remainder loops), else CC = 0 (runtime).
+template <typename F>
+auto with_channels(int64_t C, F&& f) {
+  switch (C) {
+    case 16: return f(std::integral_constant<int, 16>{});
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: return f(std::integral_constant<int, 0>{});
+  }
 }
 
 at::Tensor contract(int64_t free, const at::Tensor& idx, const at::Tensor& val, const at::Tensor& x,
@@ -376,20 +402,25 @@ at::Tensor contract(int64_t free, const at::Tensor& idx, const at::Tensor& val, 
   const at::Tensor& ref = free == 2 ? xc : wc;
   TORCH_CHECK(ref.device().is_cpu(), "mlip_cpu::contract runs on CPU tensors");
   at::Tensor out;
+  const int64_t channels = ref.size(2);
   AT_DISPATCH_FLOATING_TYPES(ref.scalar_type(), "mlip_cpu_contract", [&] {
-    switch (free) {
-      case 3:
-        out = node_kernel<scalar_t>(xc, yc, wc, wrp, snd, rcv, num_nodes, dim_free, node_groups(terms, true));
-        break;
-      case 0:
-        out = node_kernel<scalar_t>(zc, yc, wc, wrp, rcv, snd, num_nodes, dim_free, node_groups(terms, false));
-        break;
-      case 2:
-        out = edge_w_kernel<scalar_t>(xc, yc, zc, snd, rcv, dim_free, wrp, num_w_rows, terms);
-        break;
-      default:
-        out = edge_y_kernel<scalar_t>(xc, wc, wrp, zc, snd, rcv, dim_free, terms);
-    }
+    with_channels(channels, [&](auto cc) {
+      constexpr int CC = decltype(cc)::value;
+      switch (free) {
+        case 3:
+          out = node_kernel<scalar_t, CC>(xc, yc, wc, wrp, snd, rcv, num_nodes, dim_free, node_groups(terms, true));
+          break;
+        case 0:
+          out = node_kernel<scalar_t, CC>(zc, yc, wc, wrp, rcv, snd, num_nodes, dim_free, node_groups(terms, false));
+          break;
+        case 2:
+          out = edge_w_kernel<scalar_t, CC>(xc, yc, zc, snd, rcv, dim_free, wrp, num_w_rows, terms);
+          break;
+        default:
+          out = edge_y_kernel<scalar_t, CC>(xc, wc, wrp, zc, snd, rcv, dim_free, terms);
+      }
+      return 0;
+    });
   });
   return out;
 }
@@ -414,7 +445,12 @@ std::vector<at::Tensor> grads(const at::Tensor& idx, const at::Tensor& val, cons
   TORCH_CHECK(wrp || wc.size(0) == rcv.numel(), "w must have one row per edge without w_rows");
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "mlip_cpu_grads", [&] {
-    out = grads_kernel<scalar_t>(xc, yc, wc, zc, snd, rcv, wrp, num_nodes, {need_x, need_y, need_w, need_z}, terms);
+    with_channels(xc.size(2), [&](auto cc) {
+      constexpr int CC = decltype(cc)::value;
+      out = grads_kernel<scalar_t, CC>(xc, yc, wc, zc, snd, rcv, wrp, num_nodes, {need_x, need_y, need_w, need_z},
+                                       terms);
+      return 0;
+    });
   });
   return out;
 }
