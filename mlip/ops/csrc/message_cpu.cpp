@@ -68,7 +68,16 @@ std::vector<Group> node_groups(const std::vector<Term>& terms, bool free_z) {
   return groups;
 }
 
-void rows_csr(const int64_t* w_rows, int64_t E, int64_t R, std::vector<int64_t>& ptr, std::vector<int64_t>& perm);
+// Edges of each row of w, as (ptr, perm) (counting sort); empty without w_rows (row = edge).
+void rows_csr(const int64_t* w_rows, int64_t E, int64_t R, std::vector<int64_t>& ptr, std::vector<int64_t>& perm) {
+  if (!w_rows) return;
+  ptr.assign(R + 1, 0);
+  for (int64_t e = 0; e < E; ++e) ++ptr[w_rows[e] + 1];
+  for (int64_t q = 0; q < R; ++q) ptr[q + 1] += ptr[q];
+  perm.resize(E);
+  std::vector<int64_t> fill(ptr.begin(), ptr.end() - 1);
+  for (int64_t e = 0; e < E; ++e) perm[fill[w_rows[e]]++] = e;
+}
 
 // sum_c a[c] b[c] d[c] in 16 interleaved partial sums (a fixed order the compiler may vectorise;
 // a single running sum would have to stay scalar without -ffast-math)
@@ -108,7 +117,7 @@ at::Tensor node_kernel(const at::Tensor& gathered, const at::Tensor& y, const at
     const int tid = at::get_thread_num();
     T* dst = op;
     if (tid > 0 && tid < nt) {  // thread 0 adds into the output itself, the others privately
-      priv[tid - 1].assign(num_nodes * row, T(0));
+      if (priv[tid - 1].empty()) priv[tid - 1].assign(num_nodes * row, T(0));  // once: a thread may run several chunks
       dst = priv[tid - 1].data();
     }
     std::vector<T> tmp(C);
@@ -244,17 +253,6 @@ at::Tensor edge_y_kernel(const at::Tensor& x, const at::Tensor& w, const int64_t
   return out;
 }
 
-// Edges of each row of w, as (ptr, perm) (counting sort); empty without w_rows (row = edge).
-void rows_csr(const int64_t* w_rows, int64_t E, int64_t R, std::vector<int64_t>& ptr, std::vector<int64_t>& perm) {
-  if (!w_rows) return;
-  ptr.assign(R + 1, 0);
-  for (int64_t e = 0; e < E; ++e) ++ptr[w_rows[e] + 1];
-  for (int64_t q = 0; q < R; ++q) ptr[q + 1] += ptr[q];
-  perm.resize(E);
-  std::vector<int64_t> fill(ptr.begin(), ptr.end() - 1);
-  for (int64_t e = 0; e < E; ++e) perm[fill[w_rows[e]]++] = e;
-}
-
 // Indices are trusted by the loops: check them once (O(E)).
 const int64_t* check_indices(const at::Tensor& rcv, const at::Tensor& snd, const at::Tensor& wr, int64_t num_nodes,
                              int64_t num_w_rows) {
@@ -307,13 +305,13 @@ std::vector<at::Tensor> grads_kernel(const at::Tensor& x, const at::Tensor& y, c
     const int tid = at::get_thread_num();
     T* gxd = gxp;
     T* gzd = gzp;
-    if (tid > 0 && tid < nt) {  // thread 0 adds into the outputs, the others privately
+    if (tid > 0 && tid < nt) {  // thread 0 adds into the outputs, the others privately (allocated once)
       if (gxp) {
-        priv_x[tid - 1].assign(N * dx * C, T(0));
+        if (priv_x[tid - 1].empty()) priv_x[tid - 1].assign(N * dx * C, T(0));
         gxd = priv_x[tid - 1].data();
       }
       if (gzp) {
-        priv_z[tid - 1].assign(N * dz * C, T(0));
+        if (priv_z[tid - 1].empty()) priv_z[tid - 1].assign(N * dz * C, T(0));
         gzd = priv_z[tid - 1].data();
       }
     }
