@@ -22,4 +22,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 echo "[setup] installing mlip and its dependencies into .venv"
 "${PIP[@]}" install -e ".[dev,triton]" 2> >(grep -v "^WARNING: Location" >&2)
+# build the fused CPU kernels now rather than at the first training step (a C++ compiler is
+# needed; without one mlip runs plain torch and says so)
+.venv/bin/python -c "from mlip.ops.cpu_message import load_cpu_kernel; r = load_cpu_kernel(); print('[setup] CPU kernels: ' + ('built' if r is None else 'not available: ' + r))" || true
 echo "$want" > "$stamp"

@@ -142,6 +142,9 @@ class MLIPCalculator(Calculator):
         if not specs:
             raise InputError("no model given")
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            from mlip.ops.cpu_message import load_cpu_kernel
+            load_cpu_kernel()  # first use on this machine builds the fused kernels (~10 s): at load, not mid-MD
         if compile and script:
             raise InputError("choose one of compile and script")
         self.models = [load_any(s, str(self.device), dtype, use_ema, script) for s in specs]

@@ -423,6 +423,13 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.log(f"model: {self.model_config.get('architecture', 'nequip')}, {n_params} trained parameters, "
                  f"{self.cfg['dtype']}, device {self.device}")
+        if self.device.type == "cpu":
+            # build (first use on this machine, ~10 s) or load the fused CPU kernels now, before any
+            # timing or time budget starts
+            from mlip.ops.cpu_message import load_cpu_kernel
+            reason = load_cpu_kernel()
+            self.log("CPU kernels: fused C++ message step" if reason is None
+                     else f"CPU kernels: not available ({reason}); plain torch")
         self.train_model: Callable[..., Dict[str, torch.Tensor]] = self.model
         self.sync_gradients = False  # True: all-reduce gradients by hand (compiled step under torchrun)
         if self.cfg["train"]["compile"]:
