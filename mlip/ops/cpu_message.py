@@ -76,7 +76,7 @@ def load_cpu_kernel() -> Optional[str]:
         try:
             for cflags in attempts:
                 try:
-                    log.info("building the CPU message kernel (once per machine kind, ~10 s)")
+                    log.info("loading the CPU message kernel (built once per machine kind, ~10 s)")
                     load(name=f"mlip_cpu_{digest}_{len(cflags)}", sources=[SOURCE], extra_cflags=cflags,
                          is_python_module=False, verbose=False)
                     error = None
