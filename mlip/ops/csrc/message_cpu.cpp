@@ -51,12 +51,12 @@ struct Group {
   std::vector<std::tuple<int64_t, int64_t, double>> inner;  // (component, b, v)
 };
 
-// node kernels. free z: scatter to receivers, gather x at senders (outer = k, inner = a);
-// free x: scatter to senders, gather z at receivers (outer = a, inner = k).
-std::vector<Group> node_groups(const std::vector<Term>& terms, bool free_z) {
+// Terms grouped by (outer, p). outer = k, inner = a: the forward message (free z) and the weight
+// gradient (free w); outer = a, inner = k: the feature gradient (free x).
+std::vector<Group> term_groups(const std::vector<Term>& terms, bool outer_is_k) {
   std::vector<Group> groups;
   for (const Term& t : terms) {
-    int64_t outer = free_z ? t.k : t.a, inner = free_z ? t.a : t.k;
+    int64_t outer = outer_is_k ? t.k : t.a, inner = outer_is_k ? t.a : t.k;
     auto it = std::find_if(groups.begin(), groups.end(),
                            [&](const Group& g) { return g.outer == outer && g.p == t.p; });
     if (it == groups.end()) {
@@ -66,6 +66,19 @@ std::vector<Group> node_groups(const std::vector<Term>& terms, bool free_z) {
     it->inner.emplace_back(inner, t.b, t.v);
   }
   return groups;
+}
+
+// out[c] += m[c] * sum over the group's terms of v y[b] rows[comp, c]: one group of the node and
+// weight kernels (tmp: C scratch values)
+template <typename T>
+inline void add_group(T* out, const T* m, const Group& grp, const T* rows, const T* y, int64_t C, T* tmp) {
+  std::fill(tmp, tmp + C, T(0));
+  for (const auto& [comp, b, v] : grp.inner) {
+    const T coef = T(v) * y[b];
+    const T* r = rows + comp * C;
+    for (int64_t c = 0; c < C; ++c) tmp[c] += coef * r[c];
+  }
+  for (int64_t c = 0; c < C; ++c) out[c] += m[c] * tmp[c];
 }
 
 // Edges of each row of w, as (ptr, perm) (counting sort); empty without w_rows (row = edge).
@@ -127,17 +140,7 @@ at::Tensor node_kernel(const at::Tensor& gathered, const at::Tensor& y, const at
       const T* ye = yp + e * dy;
       const T* we = wp + w_row(w_rows, e) * np * C;
       T* o = dst + si[e] * row;
-      for (const Group& grp : groups) {
-        std::fill(tp, tp + C, T(0));
-        for (const auto& [comp, b, v] : grp.inner) {
-          const T coef = T(v) * ye[b];
-          const T* gr = g + comp * C;
-          for (int64_t c = 0; c < C; ++c) tp[c] += coef * gr[c];
-        }
-        const T* wr = we + grp.p * C;
-        T* orow = o + grp.outer * C;
-        for (int64_t c = 0; c < C; ++c) orow[c] += wr[c] * tp[c];
-      }
+      for (const Group& grp : groups) add_group(o + grp.outer * C, we + grp.p * C, grp, g, ye, C, tp);
     }
   });
   for (auto& buf : priv) {
@@ -165,15 +168,7 @@ at::Tensor edge_w_kernel(const at::Tensor& x, const at::Tensor& y, const at::Ten
   std::vector<int64_t> ptr, perm;
   rows_csr(w_rows, E, R, ptr, perm);
   // groups keyed by (k, p): z row times a combination of x rows
-  std::vector<Group> groups;
-  for (const Term& t : terms) {
-    auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& g) { return g.outer == t.k && g.p == t.p; });
-    if (it == groups.end()) {
-      groups.push_back({t.k, t.p, {}});
-      it = groups.end() - 1;
-    }
-    it->inner.emplace_back(t.a, t.b, t.v);
-  }
+  const std::vector<Group> groups = term_groups(terms, true);
   const T* xp = x.data_ptr<T>();
   const T* yp = y.data_ptr<T>();
   const T* zp = z.data_ptr<T>();
@@ -192,17 +187,7 @@ at::Tensor edge_w_kernel(const at::Tensor& x, const at::Tensor& y, const at::Ten
         const T* xs = xp + sp[e] * dx * C;
         const T* zr = zp + rp[e] * dz * C;
         const T* ye = yp + e * dy;
-        for (const Group& grp : groups) {
-          std::fill(tp, tp + C, T(0));
-          for (const auto& [a, b, v] : grp.inner) {
-            const T coef = T(v) * ye[b];
-            const T* xr = xs + a * C;
-            for (int64_t c = 0; c < C; ++c) tp[c] += coef * xr[c];
-          }
-          const T* zk = zr + grp.outer * C;
-          T* orow = oq + grp.p * C;
-          for (int64_t c = 0; c < C; ++c) orow[c] += zk[c] * tp[c];
-        }
+        for (const Group& grp : groups) add_group(oq + grp.p * C, zr + grp.outer * C, grp, xs, ye, C, tp);
       }
     }
   });
@@ -406,10 +391,10 @@ at::Tensor contract(int64_t free, const at::Tensor& idx, const at::Tensor& val, 
       constexpr int CC = decltype(cc)::value;
       switch (free) {
         case 3:
-          out = node_kernel<scalar_t, CC>(xc, yc, wc, wrp, snd, rcv, num_nodes, dim_free, node_groups(terms, true));
+          out = node_kernel<scalar_t, CC>(xc, yc, wc, wrp, snd, rcv, num_nodes, dim_free, term_groups(terms, true));
           break;
         case 0:
-          out = node_kernel<scalar_t, CC>(zc, yc, wc, wrp, rcv, snd, num_nodes, dim_free, node_groups(terms, false));
+          out = node_kernel<scalar_t, CC>(zc, yc, wc, wrp, rcv, snd, num_nodes, dim_free, term_groups(terms, false));
           break;
         case 2:
           out = edge_w_kernel<scalar_t, CC>(xc, yc, zc, snd, rcv, dim_free, wrp, num_w_rows, terms);
