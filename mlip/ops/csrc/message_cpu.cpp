@@ -7,9 +7,9 @@
 // with respect to one slot (the "free" slot: 0 = x, 1 = y, 2 = w, 3 = z), given the other three.
 // The terms t = (a, b, k, p, v) are the non-zero Clebsch-Gordan entries of the tensor product.
 // Per-edge products are formed in a few cache-resident rows and never written to memory as
-// [E, D, C] tensors; scatters go to per-thread buffers summed at the end (deterministic for a
-// given thread count, any edge order). The weights w may be shared between edges (one row per
-// pair of opposite edges, which have the same length): edge e reads row w_rows[e].
+// [E, D, C] tensors; scatters go to per-thread buffers summed at the end (ScatterTarget). The
+// weights w may be shared between edges (one row per pair of opposite edges, which have the same
+// length): edge e reads row w_rows[e].
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -110,6 +110,41 @@ inline T dot3(const T* a, const T* b, const T* d, int64_t C) {
 // Row of w for edge e: w_rows[e] when the weights are shared (pairs of opposite edges), else e.
 inline int64_t w_row(const int64_t* w_rows, int64_t e) { return w_rows ? w_rows[e] : e; }
 
+// A node-sized output that several threads scatter into: thread 0 adds into the output itself,
+// the others into private zeroed copies (allocated once: a thread may run several chunks under
+// torch's native parallel backend), summed into the output by reduce(). Deterministic for a given
+// thread count, any edge order. A null output stays null (gradient not needed).
+template <typename T>
+class ScatterTarget {
+ public:
+  ScatterTarget(T* out, int64_t n) : out_(out), n_(n), nt_(at::get_num_threads()), priv_(std::max(nt_ - 1, 0)) {}
+
+  T* for_this_thread() {
+    const int tid = at::get_thread_num();
+    if (!out_ || tid <= 0 || tid >= nt_) return out_;
+    auto& buf = priv_[tid - 1];
+    if (buf.empty()) buf.assign(n_, T(0));
+    return buf.data();
+  }
+
+  void reduce() {
+    for (auto& buf : priv_) {
+      if (buf.empty()) continue;
+      const T* bp = buf.data();
+      T* op = out_;
+      at::parallel_for(0, n_, 4096, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) op[i] += bp[i];
+      });
+    }
+  }
+
+ private:
+  T* out_;
+  int64_t n_;
+  int nt_;
+  std::vector<std::vector<T>> priv_;
+};
+
 template <typename T, int CC>
 at::Tensor node_kernel(const at::Tensor& gathered, const at::Tensor& y, const at::Tensor& w, const int64_t* w_rows,
                        const at::Tensor& gather_idx, const at::Tensor& scatter_idx, int64_t num_nodes,
@@ -124,15 +159,9 @@ at::Tensor node_kernel(const at::Tensor& gathered, const at::Tensor& y, const at
   const int64_t* si = scatter_idx.data_ptr<int64_t>();
   T* op = out.data_ptr<T>();
   const int64_t row = dim_out * C;
-  const int nt = at::get_num_threads();
-  std::vector<std::vector<T>> priv(std::max(nt - 1, 0));
+  ScatterTarget<T> target(op, num_nodes * row);
   at::parallel_for(0, E, kEdgeGrain, [&](int64_t begin, int64_t end) {
-    const int tid = at::get_thread_num();
-    T* dst = op;
-    if (tid > 0 && tid < nt) {  // thread 0 adds into the output itself, the others privately
-      if (priv[tid - 1].empty()) priv[tid - 1].assign(num_nodes * row, T(0));  // once: a thread may run several chunks
-      dst = priv[tid - 1].data();
-    }
+    T* dst = target.for_this_thread();
     std::vector<T> tmp(C);
     T* tp = tmp.data();
     for (int64_t e = begin; e < end; ++e) {
@@ -143,13 +172,7 @@ at::Tensor node_kernel(const at::Tensor& gathered, const at::Tensor& y, const at
       for (const Group& grp : groups) add_group(o + grp.outer * C, we + grp.p * C, grp, g, ye, C, tp);
     }
   });
-  for (auto& buf : priv) {
-    if (buf.empty()) continue;
-    const T* bp = buf.data();
-    at::parallel_for(0, num_nodes * row, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) op[i] += bp[i];
-    });
-  }
+  target.reduce();
   return out;
 }
 
@@ -284,22 +307,10 @@ std::vector<at::Tensor> grads_kernel(const at::Tensor& x, const at::Tensor& y, c
   T* gyp = need[1] ? gy.data_ptr<T>() : nullptr;
   T* gwp = need[2] ? gw.data_ptr<T>() : nullptr;
   T* gzp = need[3] ? gz.data_ptr<T>() : nullptr;
-  const int nt = at::get_num_threads();
-  std::vector<std::vector<T>> priv_x(std::max(nt - 1, 0)), priv_z(std::max(nt - 1, 0));
+  ScatterTarget<T> target_x(gxp, N * dx * C), target_z(gzp, N * dz * C);
   at::parallel_for(0, R, kEdgeGrain / 2, [&](int64_t begin, int64_t end) {
-    const int tid = at::get_thread_num();
-    T* gxd = gxp;
-    T* gzd = gzp;
-    if (tid > 0 && tid < nt) {  // thread 0 adds into the outputs, the others privately (allocated once)
-      if (gxp) {
-        if (priv_x[tid - 1].empty()) priv_x[tid - 1].assign(N * dx * C, T(0));
-        gxd = priv_x[tid - 1].data();
-      }
-      if (gzp) {
-        if (priv_z[tid - 1].empty()) priv_z[tid - 1].assign(N * dz * C, T(0));
-        gzd = priv_z[tid - 1].data();
-      }
-    }
+    T* gxd = target_x.for_this_thread();
+    T* gzd = target_z.for_this_thread();
     for (int64_t q = begin; q < end; ++q) {
       const T* wq = wp + q * np * C;
       T* gwq = gwp ? gwp + q * np * C : nullptr;
@@ -337,18 +348,8 @@ std::vector<at::Tensor> grads_kernel(const at::Tensor& x, const at::Tensor& y, c
       }
     }
   });
-  for (int k = 0; k < 2; ++k) {
-    auto& priv = k == 0 ? priv_x : priv_z;
-    T* out = k == 0 ? gxp : gzp;
-    const int64_t n = N * (k == 0 ? dx : dz) * C;
-    for (auto& buf : priv) {
-      if (buf.empty()) continue;
-      const T* bp = buf.data();
-      at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) out[i] += bp[i];
-      });
-    }
-  }
+  target_x.reduce();
+  target_z.reduce();
   return {gx, gy, gw, gz};
 }
 
