@@ -185,3 +185,31 @@ def test_fused_silu_derivatives(monkeypatch):
     torch.testing.assert_close(third(silu.silu_gain), third(silu.silu_gain_torch), rtol=1e-12, atol=1e-12)
     with reference_ops():
         assert "SiLUGain" not in type(silu.silu_gain(x, 1.7).grad_fn).__name__
+
+
+@needs_cpu_kernel
+def test_fused_silu_many_chunks_float32():
+    """Tensors spanning several parallel chunks (not a multiple of the chunk size): value, first
+    and second derivatives equal torch's expressions in float32 at 1 and 2 threads."""
+    from mlip.ops import silu
+
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(1000, 133, generator=g) * 3
+    gy = torch.randn(1000, 133, generator=g)
+    gg = torch.randn(1000, 133, generator=g)
+
+    def derivatives(fn):
+        x = x0.clone().requires_grad_(True)
+        y = fn(x, 1.3)
+        (d1,) = torch.autograd.grad(y, x, gy, create_graph=True)
+        (d2,) = torch.autograd.grad(d1, x, gg)
+        return y.detach(), d1.detach(), d2
+
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for got, want in zip(derivatives(silu.silu_gain), derivatives(silu.silu_gain_torch)):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)

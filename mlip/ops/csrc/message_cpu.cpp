@@ -461,6 +461,36 @@ void check_same(const at::Tensor& a, const at::Tensor& b, const char* what) {
   TORCH_CHECK(a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type(), what, ": shapes or dtypes differ");
 }
 
+// The element-wise loops live in functions whose pointers are __restrict__: inside a lambda the
+// compiler cannot rule out aliasing between six captured pointers, gives up on runtime checks and
+// emits scalar code (silu_gain_grad2 ran ~8x slower than its one-output sibling).
+template <typename scalar_t>
+void silu_gain_range(int64_t n, const scalar_t* __restrict__ x, const scalar_t* __restrict__ s,
+                     scalar_t* __restrict__ out, scalar_t g) {
+  for (int64_t i = 0; i < n; ++i) out[i] = g * x[i] * s[i];
+}
+
+template <typename scalar_t>
+void silu_gain_grad_range(int64_t n, const scalar_t* __restrict__ x, const scalar_t* __restrict__ s,
+                          const scalar_t* __restrict__ gy, scalar_t* __restrict__ out, scalar_t g) {
+  const scalar_t one = scalar_t(1);
+  for (int64_t i = 0; i < n; ++i) out[i] = gy[i] * g * s[i] * (one + x[i] * (one - s[i]));
+}
+
+template <typename scalar_t>
+void silu_gain_grad2_range(int64_t n, const scalar_t* __restrict__ x, const scalar_t* __restrict__ s,
+                           const scalar_t* __restrict__ gy, const scalar_t* __restrict__ ggx,
+                           scalar_t* __restrict__ dx, scalar_t* __restrict__ dgy, scalar_t g) {
+  const scalar_t one = scalar_t(1), two = scalar_t(2);
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t si = s[i], xi = x[i], hg = ggx[i] * g;
+    dgy[i] = hg * si * (one + xi * (one - si));
+    dx[i] = hg * gy[i] * si * (one - si) * (two + xi * (one - two * si));
+  }
+}
+
+constexpr int64_t kElementGrain = 16384;
+
 // g x s
 at::Tensor silu_gain(const at::Tensor& x_, const at::Tensor& s_, double gain) {
   auto x = x_.contiguous();
@@ -471,9 +501,8 @@ at::Tensor silu_gain(const at::Tensor& x_, const at::Tensor& s_, double gain) {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* sp = s.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    const scalar_t g = scalar_t(gain);
-    at::parallel_for(0, x.numel(), 16384, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) op[i] = g * xp[i] * sp[i];
+    at::parallel_for(0, x.numel(), kElementGrain, [&](int64_t b, int64_t e) {
+      silu_gain_range<scalar_t>(e - b, xp + b, sp + b, op + b, scalar_t(gain));
     });
   });
   return out;
@@ -492,9 +521,8 @@ at::Tensor silu_gain_grad(const at::Tensor& x_, const at::Tensor& s_, const at::
     const scalar_t* sp = s.data_ptr<scalar_t>();
     const scalar_t* gp = gy.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    const scalar_t g = scalar_t(gain), one = scalar_t(1);
-    at::parallel_for(0, x.numel(), 16384, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) op[i] = gp[i] * g * sp[i] * (one + xp[i] * (one - sp[i]));
+    at::parallel_for(0, x.numel(), kElementGrain, [&](int64_t b, int64_t e) {
+      silu_gain_grad_range<scalar_t>(e - b, xp + b, sp + b, gp + b, op + b, scalar_t(gain));
     });
   });
   return out;
@@ -519,13 +547,8 @@ std::tuple<at::Tensor, at::Tensor> silu_gain_grad2(const at::Tensor& x_, const a
     const scalar_t* hp = ggx.data_ptr<scalar_t>();
     scalar_t* dxp = dx.data_ptr<scalar_t>();
     scalar_t* dgp = dgy.data_ptr<scalar_t>();
-    const scalar_t g = scalar_t(gain), one = scalar_t(1), two = scalar_t(2);
-    at::parallel_for(0, x.numel(), 16384, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const scalar_t si = sp[i], xi = xp[i], hg = hp[i] * g;
-        dgp[i] = hg * si * (one + xi * (one - si));
-        dxp[i] = hg * gp[i] * si * (one - si) * (two + xi * (one - two * si));
-      }
+    at::parallel_for(0, x.numel(), kElementGrain, [&](int64_t b, int64_t e) {
+      silu_gain_grad2_range<scalar_t>(e - b, xp + b, sp + b, gp + b, hp + b, dxp + b, dgp + b, scalar_t(gain));
     });
   });
   return {dx, dgy};
