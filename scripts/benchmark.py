@@ -4,6 +4,7 @@
     python scripts/benchmark.py                      # every workload, one JSON line each
     python scripts/benchmark.py cu256-infer --repeats 5
     python scripts/benchmark.py --compare            # MACE, NequIP and mlip alternately, with ratios
+    python scripts/benchmark.py --compare --peers nequip --rounds 3   # 3 alternations; median ratios
     python scripts/benchmark.py --compare --compiled --peer-malloc-tuning   # + compiled mlip; peers
                                                      # under mlip's allocator setting too
 
@@ -123,38 +124,59 @@ def run_child(program: str, workload: str, threads: int, repeats: int, peer_mall
     return json.loads(lines[-1])
 
 
-def compare(workloads, threads: int, repeats: int, peers, ours=("mlip",), peer_malloc_tuning: bool = False) -> None:
-    """Peers and mlip variants alternately per workload; a table of seconds, peak MB, parameters
-    and peer / mlip ratios for every mlip variant."""
+def _median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def compare(workloads, threads: int, repeats: int, peers, ours=("mlip",), peer_malloc_tuning: bool = False,
+            rounds: int = 1) -> None:
+    """Peers and mlip variants alternately per workload, `rounds` times; a table of median seconds,
+    peak MB, parameters and peer / mlip ratios for every mlip variant. With several rounds each
+    ratio is the median of the per-round ratios (peer and mlip timed back to back, so a machine
+    that changes speed between minutes moves both), with the lowest and highest round beside it."""
     programs = list(peers) + list(ours)
     rows = []
     for w in workloads:
-        results = {}
-        for program in programs:  # alternate programs within a workload: same machine state
-            results[program] = run_child(program, w, threads, repeats, peer_malloc_tuning)
-            print(json.dumps(results[program]), flush=True)
+        results = {p: [] for p in programs}
+        for _ in range(rounds):
+            for program in programs:  # alternate programs within a workload: same machine state
+                r = run_child(program, w, threads, repeats, peer_malloc_tuning)
+                results[program].append(r)
+                print(json.dumps(r), flush=True)
         rows.append((w, results))
     print()
     if peer_malloc_tuning:
         print(f"peers ran with GLIBC_TUNABLES={PEER_MALLOC_TUNABLES} (the allocator setting mlip applies)")
+    if rounds > 1:
+        print(f"{rounds} rounds: seconds are medians over rounds; ratios are medians of per-round ratios [lowest-highest]")
+    ratio_width = 20 if rounds == 1 else 32
     head = f"{'workload':<13}" + "".join(f"{p + ' s':>14}{p + ' MB':>10}{p + ' params':>14}" for p in programs)
-    head += "".join(f"{p + '/' + o:>20}" for o in ours for p in peers)
+    head += "".join(f"{p + '/' + o:>{ratio_width}}" for o in ours for p in peers)
     print(head)
     for w, res in rows:
+        ok = {p: [r for r in res[p] if "seconds" in r] for p in programs}
         line = f"{w:<13}"
         for p in programs:
-            r = res[p]
-            line += (f"{r['seconds']:>14.4f}{r.get('peak_rss_mb', float('nan')):>10.0f}{r.get('params', 0):>14d}"
-                     if "seconds" in r else f"{'error':>14}{'':>10}{'':>14}")
+            if ok[p]:
+                line += (f"{_median([r['seconds'] for r in ok[p]]):>14.4f}"
+                         f"{max(r.get('peak_rss_mb', float('nan')) for r in ok[p]):>10.0f}{ok[p][0].get('params', 0):>14d}")
+            else:
+                line += f"{'error':>14}{'':>10}{'':>14}"
         for o in ours:
             for p in peers:
-                ok = "seconds" in res[p] and "seconds" in res[o]
-                line += f"{res[p]['seconds'] / res[o]['seconds']:>19.2f}x" if ok else f"{'n/a':>20}"
+                ratios = [a["seconds"] / b["seconds"] for a, b in zip(res[p], res[o]) if "seconds" in a and "seconds" in b]
+                if not ratios:
+                    line += f"{'n/a':>{ratio_width}}"
+                elif rounds == 1:
+                    line += f"{ratios[0]:>19.2f}x"
+                else:
+                    line += f"{f'{_median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]':>{ratio_width}}"
         print(line)
     for w, res in rows:
-        for p, r in res.items():
-            if "error" in r:
-                print(f"{w} {p}: {r['error']}")
+        for p, rs in res.items():
+            for r in rs:
+                if "error" in r:
+                    print(f"{w} {p}: {r['error']}")
 
 
 def main():
@@ -170,6 +192,9 @@ def main():
     p.add_argument("--compiled", action="store_true",
                    help="time mlip with energy + forces traced and compiled (mlip.nn.compiled, as train.compile); "
                         "with --compare: an extra program 'mlip+compile' next to plain mlip")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --compare: alternate the programs this many times per workload; medians and the "
+                        "range of the per-round ratios are printed (the machine's speed drifts)")
     p.add_argument("--peer-malloc-tuning", action="store_true",
                    help="with --compare: run the peers under the glibc allocator setting mlip applies to itself")
     args = p.parse_args()
@@ -179,7 +204,7 @@ def main():
         p.error(f"unknown workloads {sorted(unknown)}; choose from {sorted(WORKLOADS)}")
     ours = ("mlip", "mlip+compile") if args.compiled else ("mlip",)
     if args.compare:
-        compare(workloads, args.threads, args.repeats, args.peers, ours, args.peer_malloc_tuning)
+        compare(workloads, args.threads, args.repeats, args.peers, ours, args.peer_malloc_tuning, max(1, args.rounds))
     elif len(workloads) == 1:
         print(json.dumps(time_mlip(workloads[0], args.threads, args.repeats, args.compiled)), flush=True)
     else:
