@@ -2,6 +2,9 @@
 forces, stress and the parameter gradients of a force loss, also on batches of other sizes than
 the one it was traced with. The fast tier checks the traced graph as it is; compiling it with
 inductor (slow: a C++ compile) is in the slow tier."""
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -57,6 +60,29 @@ def test_traced_graph_equals_eager():
                     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     # one graph per pattern of sizes (here: several structures or one) and mode
     assert len(traced._graphs) == 4
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler for the CPU kernel")
+def test_traced_graph_holds_the_cpu_kernel():
+    """The fused CPU message kernel stays in the traced graph as an opaque call (registered shapes
+    and derivative), and that graph, its forces, stress and force-loss gradients equal the plain
+    torch model's."""
+    from mlip.ops import reference_ops
+
+    torch.manual_seed(0)
+    model = build_model(dict(TINY_MODEL, avg_num_neighbors=10.0), ["C", "Si"], torch.float64)
+    traced = CompiledPotential(model, backend=None)
+    batch = _batches(torch.float64)[1]
+    out = traced(batch, compute_forces=True, compute_stress=True, training=True)
+    (graph,) = traced._graphs.values()
+    assert "mlip_cpu.contract" in graph.code
+    with reference_ops():
+        ref = model(batch, compute_forces=True, compute_stress=True, training=True)
+        ref_grads = _grads(model, ref, batch)
+    for key in (K.TOTAL_ENERGY, K.FORCES, K.STRESS):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-10, atol=1e-12, msg=key)
+    for a, b in zip(_grads(model, out, batch), ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_untraceable_model_is_a_clear_error():

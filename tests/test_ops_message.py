@@ -213,3 +213,59 @@ def test_fused_silu_many_chunks_float32():
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("shared", [False, True])
+def test_kernel_ops_registered_for_tracing(shared):
+    """The formulas that let traced graphs hold the kernel (mlip.nn.compiled): the fake (shape)
+    implementations give the real outputs' shapes for every free slot and for the all-gradients
+    op, and the op's registered derivative passes gradcheck and gradgradcheck (float64) when
+    the op is called directly, outside the eager autograd Function."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mlip.ops.fourlinear import SLOTS, plan_for
+
+    assert cpu_message.cpu_kernel_traceable()
+    spec = _spec("l1_parity")
+    plan = plan_for(spec)
+    edge_index, x, y, w = _inputs(spec, n_edges=12, channels=3)
+    n_rows = 12
+    pair = None
+    if shared:  # weights shared by edges 2k and 2k+1
+        n_rows = 6
+        pair = torch.arange(12) // 2
+        w = w[:6].detach().requires_grad_(True)
+    graph = cpu_message.CpuGraph(edge_index, x.shape[0], pair, n_rows)
+    idx, val = cpu_message._terms(plan)
+    z = torch.randn(x.shape[0], plan.dim_z, 3, dtype=torch.float64, requires_grad=True)
+    full = {"x": x, "y": y, "w": w, "z": z}
+
+    def call(free, vals):
+        ref = next(iter(vals.values()))
+        args = [vals[s] if s != free else ref.new_empty((0,)) for s in SLOTS]
+        return torch.ops.mlip_cpu.contract(SLOTS.index(free), idx, val, *args, graph.receiver, graph.sender,
+                                           graph.w_rows, graph.num_w_rows, graph.num_nodes, plan.dims()[free])
+
+    with torch.no_grad():
+        real = {free: call(free, full) for free in SLOTS}
+        real_grads = torch.ops.mlip_cpu.grads(idx, val, x, y, w, z, graph.receiver, graph.sender, graph.w_rows,
+                                              graph.num_nodes, True, True, True, True)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        fake_vals = {k: mode.from_tensor(v.detach()) for k, v in full.items()}
+        for free in SLOTS:
+            assert call(free, fake_vals).shape == real[free].shape, free
+        fake_grads = torch.ops.mlip_cpu.grads(idx, val, *(fake_vals[s] for s in SLOTS), graph.receiver,
+                                              graph.sender, graph.w_rows, graph.num_nodes, True, True, True, True)
+        assert [t.shape for t in fake_grads] == [t.shape for t in real_grads]
+
+    for free in ("z", "x", "w"):
+        given = [s for s in SLOTS if s != free]
+
+        def fn(*ts, free=free, given=given):
+            return call(free, dict(zip(given, ts)))
+
+        inputs = tuple(full[s] for s in given)
+        assert torch.autograd.gradcheck(fn, inputs)
+        assert torch.autograd.gradgradcheck(fn, inputs)

@@ -5,7 +5,9 @@ Forces are -dE/dr by autograd, and force training differentiates them again; tor
 forces (+ stress) computation, including its first autograd pass, into one flat graph of aten
 operations with ``make_fx``. That graph has only first-order operations, so AOTAutograd can
 compile it *and* its backward (the parameter gradients of a force loss), and inductor fuses the
-element-wise work on per-edge tensors that dominates the eager step.
+element-wise work on per-edge tensors. On CPU the fused message kernel stays in the graph as an
+opaque call (its shapes and derivative are registered with torch: mlip.ops.cpu_message), so the
+compiled graph keeps the eager model's message step and adds inductor's fusion around it.
 
 The traced graph is shape-generic (symbolic sizes), with two precautions, since a traced graph
 carries no runtime guards: sizes are not unified by value ("duck shaping" off), and a graph is
@@ -94,18 +96,21 @@ class CompiledPotential:
 
 
 def trace_and_compile(fn: Callable, args: List[torch.Tensor], backend: Optional[str]) -> Callable:
-    """``fn(*args)`` traced with make_fx (symbolic sizes, the plain-torch path of every fused op)
-    and compiled by ``backend`` (None: the traced graph as it is)."""
+    """``fn(*args)`` traced with make_fx (symbolic sizes; the CPU message kernel as an opaque op,
+    the plain-torch path of the other fused ops) and compiled by ``backend`` (None: the traced
+    graph as it is)."""
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-    from mlip.ops import reference_ops
+    from mlip.ops import traceable_ops
 
-    # the fused kernels are opaque to tracing: trace the plain-torch path, which the compiler
-    # then fuses its own way
-    with _no_duck_shapes(), reference_ops():
+    # the CPU message kernel stays in the graph as an opaque call (its shapes and derivatives are
+    # registered); the other fused kernels are traced as their plain-torch path, which the
+    # compiler then fuses its own way
+    with _no_duck_shapes(), traceable_ops():
         try:
-            graph = make_fx(fn, tracing_mode="symbolic")(*args)
+            # _allow_non_fake_inputs: cached constant tensors (the kernel's term tables) become graph constants
+            graph = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
         except GuardOnDataDependentSymNode as exc:
             # e.g. MACE's contraction, which groups atoms by species (torch.nonzero)
             where = str(exc).split("Caused by:")[-1].strip().splitlines()[0] if "Caused by:" in str(exc) else ""

@@ -4,23 +4,46 @@ from contextlib import contextmanager
 
 import torch
 
-_REFERENCE_ONLY = [False]
+# "fused": every fused kernel may run; "traceable": only fused kernels that tracing can keep as
+# opaque calls (shape and derivative formulas registered: the CPU message kernel); "reference":
+# plain torch only
+_MODE = ["fused"]
+
+
+@contextmanager
+def _mode(mode: str):
+    before = _MODE[0]
+    _MODE[0] = mode
+    try:
+        yield
+    finally:
+        _MODE[0] = before
 
 
 @contextmanager
 def reference_ops():
-    """Within this context the model runs plain torch only (no fused CPU or GPU kernels), e.g.
-    while it is traced into one graph: the fused kernels are opaque to tracing."""
-    before = _REFERENCE_ONLY[0]
-    _REFERENCE_ONLY[0] = True
-    try:
+    """Within this context the model runs plain torch only (no fused CPU or GPU kernels)."""
+    with _mode("reference"):
         yield
-    finally:
-        _REFERENCE_ONLY[0] = before
+
+
+@contextmanager
+def traceable_ops():
+    """Within this context (a model being traced into one graph) only the fused kernels that a
+    traced graph can hold as opaque calls run (the CPU message kernel, whose shapes and
+    derivatives are registered with torch); the others (fused SiLU, Triton) run plain torch,
+    which the compiler then fuses its own way."""
+    with _mode("traceable"):
+        yield
 
 
 def fused_ops_disabled() -> bool:
-    return _REFERENCE_ONLY[0]
+    """True when fused kernels without tracing support must not run."""
+    return _MODE[0] != "fused"
+
+
+def traceable_ops_only() -> bool:
+    return _MODE[0] == "traceable"
 
 
 def triton_available(device: torch.device) -> bool:
@@ -32,4 +55,4 @@ def triton_available(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-__all__ = ["triton_available", "reference_ops", "fused_ops_disabled"]
+__all__ = ["triton_available", "reference_ops", "traceable_ops", "fused_ops_disabled", "traceable_ops_only"]

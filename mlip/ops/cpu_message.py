@@ -25,7 +25,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from mlip.ops.fourlinear import SLOTS, Plan, check_message_inputs, contract, plan_for
+from mlip.ops.fourlinear import SLOTS, Plan, check_message_inputs, contract, outside_tracing, plan_for
 from mlip.ops.tensor_product import TensorProductSpec
 
 log = logging.getLogger("mlip")
@@ -98,6 +98,61 @@ def cpu_kernel_available() -> bool:
     return load_cpu_kernel() is None
 
 
+def _fake_contract(free, idx, val, x, y, w, z, receiver, sender, w_rows, num_w_rows, num_nodes, dim_free):
+    ref = x if free == 2 else w
+    channels = ref.shape[2]
+    if free == 1:
+        return ref.new_empty((receiver.shape[0], dim_free))
+    if free == 2:
+        return ref.new_empty((num_w_rows, dim_free, channels))
+    return ref.new_empty((num_nodes, dim_free, channels))
+
+
+def _fake_grads(idx, val, x, y, w, z, receiver, sender, w_rows, num_nodes, need_x, need_y, need_w, need_z):
+    return [t.new_empty(t.shape) if need else t.new_empty((0,))
+            for t, need in ((x, need_x), (y, need_y), (w, need_w), (z, need_z))]
+
+
+def _contract_setup(ctx, inputs, output):
+    free, idx, val, x, y, w, z, receiver, sender, w_rows, num_w_rows, num_nodes, _ = inputs
+    ctx.free, ctx.num_w_rows, ctx.num_nodes = free, num_w_rows, num_nodes
+    ctx.save_for_backward(idx, val, x, y, w, z, receiver, sender, w_rows)
+
+
+def _contract_backward(ctx, grad):
+    """The op's derivative for graphs that hold it (torch.compile of a traced force computation):
+    the same contraction with the cotangent in the free slot and another slot free, as
+    :class:`mlip.ops.fourlinear.Contract` does in eager mode."""
+    idx, val, *slots, receiver, sender, w_rows = ctx.saved_tensors
+    slots[ctx.free] = grad
+    out = [None] * 4
+    for s in range(4):
+        if s != ctx.free and ctx.needs_input_grad[3 + s]:
+            args = list(slots)
+            args[s] = grad.new_empty((0,))
+            out[s] = torch.ops.mlip_cpu.contract(s, idx, val, *args, receiver, sender, w_rows, ctx.num_w_rows,
+                                                 ctx.num_nodes, slots[s].shape[1])
+    return (None, None, None, *out, None, None, None, None, None, None)
+
+
+def cpu_kernel_traceable() -> bool:
+    """The kernel is loaded and its ops carry shape (fake) and derivative formulas, so make_fx and
+    torch.compile keep them in a graph as opaque calls (:mod:`mlip.nn.compiled`)."""
+    if "traceable" not in _STATE:
+        ok = cpu_kernel_available()
+        if ok:
+            try:
+                torch.library.register_fake("mlip_cpu::contract", _fake_contract)
+                torch.library.register_fake("mlip_cpu::grads", _fake_grads)
+                torch.library.register_autograd("mlip_cpu::contract", _contract_backward,
+                                                setup_context=_contract_setup)
+            except Exception as exc:  # an older torch without these registration APIs
+                log.info(f"the CPU message kernel stays out of traced graphs: {exc}")
+                ok = False
+        _STATE["traceable"] = ok
+    return bool(_STATE["traceable"])
+
+
 class CpuGraph:
     """Edge endpoints as the kernels want them (contiguous int64), and the row of the weights
     each edge reads: ``edge_pair`` [E] when opposite edges share one row (``num_weight_rows``
@@ -107,9 +162,10 @@ class CpuGraph:
                  num_weight_rows: int = 0):
         self.receiver = edge_index[0].contiguous().long()
         self.sender = edge_index[1].contiguous().long()
-        self.num_nodes = int(num_nodes)
+        # sizes stay symbolic (torch.SymInt) while a graph is traced
+        self.num_nodes = num_nodes
         self.w_rows = edge_pair.contiguous().long() if edge_pair is not None else torch.empty(0, dtype=torch.long)
-        self.num_w_rows = int(num_weight_rows) if edge_pair is not None else int(self.receiver.shape[0])
+        self.num_w_rows = num_weight_rows if edge_pair is not None else self.receiver.shape[0]
 
 
 _TERMS: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
@@ -119,10 +175,15 @@ def _terms(plan: Plan) -> Tuple[torch.Tensor, torch.Tensor]:
     """The plan's entries as an int64 [nnz, 4] (a, b, k, p) and a float64 [nnz] value tensor."""
     t = _TERMS.get(plan.key)
     if t is None:
-        idx = torch.tensor([e[:4] for e in plan.entries], dtype=torch.long).view(-1, 4)
-        val = torch.tensor([e[4] for e in plan.entries], dtype=torch.float64)
-        t = _TERMS[plan.key] = (idx, val)
+        with outside_tracing():  # cached: must be real tensors (a traced graph holds them as constants)
+            t = _TERMS[plan.key] = _term_tensors(plan)
     return t
+
+
+def _term_tensors(plan: Plan) -> Tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.tensor([e[:4] for e in plan.entries], dtype=torch.long).view(-1, 4)
+    val = torch.tensor([e[4] for e in plan.entries], dtype=torch.float64)
+    return idx, val
 
 
 class _CpuLaunch:
@@ -167,4 +228,4 @@ def fused_message_cpu(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weig
     return contract(launch_cpu, "z", plan, graph, vals)
 
 
-__all__ = ["fused_message_cpu", "cpu_kernel_available", "load_cpu_kernel", "launch_cpu", "CpuGraph"]
+__all__ = ["fused_message_cpu", "cpu_kernel_available", "cpu_kernel_traceable", "load_cpu_kernel", "launch_cpu", "CpuGraph"]

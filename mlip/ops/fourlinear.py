@@ -76,13 +76,25 @@ def plan_for(spec: TensorProductSpec) -> Plan:
     key = (tuple(spec.irreps_in), tuple(spec.irreps_sh), tuple(spec.irreps_out_allowed))
     plan = _PLANS.get(key)
     if plan is None:
-        pk = spec.path_of_output().tolist()
-        entries = tuple((i, j, k, pk[k], float(v)) for i, j, k, v in spec.sparse_entries())
-        plan = Plan(entries, spec.dim_in, spec.dim_sh, spec.dim_out, spec.num_paths,
-                    tuple(irreps_slices(spec.irreps_in)), tuple(irreps_slices(spec.irreps_sh)),
-                    tuple(irreps_slices(spec.irreps_out)))
-        _PLANS[key] = plan
+        with outside_tracing():
+            plan = _PLANS[key] = _build_plan(spec)
     return plan
+
+
+def outside_tracing():
+    """Real tensors even while a graph is traced (make_fx / fake modes are suspended): for
+    constants computed once and cached across calls, which must not be fake or traced."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    return _disable_current_modes()
+
+
+def _build_plan(spec: TensorProductSpec) -> Plan:
+    pk = spec.path_of_output().tolist()
+    entries = tuple((i, j, k, pk[k], float(v)) for i, j, k, v in spec.sparse_entries())
+    return Plan(entries, spec.dim_in, spec.dim_sh, spec.dim_out, spec.num_paths,
+                tuple(irreps_slices(spec.irreps_in)), tuple(irreps_slices(spec.irreps_sh)),
+                tuple(irreps_slices(spec.irreps_out)))
 
 
 def others(free: str) -> Tuple[str, str, str]:

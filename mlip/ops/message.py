@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from mlip.ops import fused_ops_disabled
+from mlip.ops import fused_ops_disabled, traceable_ops_only
 from mlip.ops.tensor_product import TensorProductSpec
 
 
@@ -123,7 +123,12 @@ class MessagePassing(nn.Module):
     @torch.jit.unused
     def _fused_kind(self, node_feats: torch.Tensor) -> str:
         """"triton", "cpu" or "" (torch path) for these tensors."""
-        if self.backend == "torch" or fused_ops_disabled():
+        if self.backend == "torch":
+            return ""
+        if fused_ops_disabled():  # while tracing, only the CPU kernel (registered for tracing) stays
+            if traceable_ops_only() and node_feats.device.type == "cpu":
+                from mlip.ops.cpu_message import cpu_kernel_traceable
+                return "cpu" if cpu_kernel_traceable() else ""
             return ""
         if self.backend in ("triton", "cpu"):
             return self.backend

@@ -454,9 +454,9 @@ std::vector<at::Tensor> grads(const at::Tensor& idx, const at::Tensor& val, cons
 
 TORCH_LIBRARY(mlip_cpu, m) {
   m.def("contract(int free, Tensor idx, Tensor val, Tensor x, Tensor y, Tensor w, Tensor z, Tensor receiver, "
-        "Tensor sender, Tensor w_rows, int num_w_rows, int num_nodes, int dim_free) -> Tensor");
+        "Tensor sender, Tensor w_rows, SymInt num_w_rows, SymInt num_nodes, int dim_free) -> Tensor");
   m.def("grads(Tensor idx, Tensor val, Tensor x, Tensor y, Tensor w, Tensor z, Tensor receiver, Tensor sender, "
-        "Tensor w_rows, int num_nodes, bool need_x, bool need_y, bool need_w, bool need_z) -> Tensor[]");
+        "Tensor w_rows, SymInt num_nodes, bool need_x, bool need_y, bool need_w, bool need_z) -> Tensor[]");
   m.impl("contract", c10::DispatchKey::CPU, TORCH_FN(contract));
   m.impl("grads", c10::DispatchKey::CPU, TORCH_FN(grads));
 }
