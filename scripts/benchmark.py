@@ -128,6 +128,11 @@ def _median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def _w(program: str, width: int) -> int:
+    """Column width: at least `width`, wide enough for the program's longest header."""
+    return max(width, len(program) + 9)
+
+
 def compare(workloads, threads: int, repeats: int, peers, ours=("mlip",), peer_malloc_tuning: bool = False,
             rounds: int = 1) -> None:
     """Peers and mlip variants alternately per workload, `rounds` times; a table of median seconds,
@@ -150,7 +155,8 @@ def compare(workloads, threads: int, repeats: int, peers, ours=("mlip",), peer_m
     if rounds > 1:
         print(f"{rounds} rounds: seconds are medians over rounds; ratios are medians of per-round ratios [lowest-highest]")
     ratio_width = 20 if rounds == 1 else 32
-    head = f"{'workload':<13}" + "".join(f"{p + ' s':>14}{p + ' MB':>10}{p + ' params':>14}" for p in programs)
+    head = f"{'workload':<13}" + "".join(f"{p + ' s':>{_w(p, 14)}}{p + ' MB':>{_w(p, 10)}}{p + ' params':>{_w(p, 14)}}"
+                                         for p in programs)
     head += "".join(f"{p + '/' + o:>{ratio_width}}" for o in ours for p in peers)
     print(head)
     for w, res in rows:
@@ -158,10 +164,11 @@ def compare(workloads, threads: int, repeats: int, peers, ours=("mlip",), peer_m
         line = f"{w:<13}"
         for p in programs:
             if ok[p]:
-                line += (f"{_median([r['seconds'] for r in ok[p]]):>14.4f}"
-                         f"{max(r.get('peak_rss_mb', float('nan')) for r in ok[p]):>10.0f}{ok[p][0].get('params', 0):>14d}")
+                line += (f"{_median([r['seconds'] for r in ok[p]]):>{_w(p, 14)}.4f}"
+                         f"{max(r.get('peak_rss_mb', float('nan')) for r in ok[p]):>{_w(p, 10)}.0f}"
+                         f"{ok[p][0].get('params', 0):>{_w(p, 14)}d}")
             else:
-                line += f"{'error':>14}{'':>10}{'':>14}"
+                line += f"{'error':>{_w(p, 14)}}{'':>{_w(p, 10)}}{'':>{_w(p, 14)}}"
         for o in ours:
             for p in peers:
                 ratios = [a["seconds"] / b["seconds"] for a, b in zip(res[p], res[o]) if "seconds" in a and "seconds" in b]

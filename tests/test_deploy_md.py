@@ -37,3 +37,35 @@ def test_md_example_bad_input(tmp_path, capsys):
 
     assert main([str(tmp_path / "missing.nequip.pth"), "--steps", "1"]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def _si_checkpoint(tmp_path):
+    return make_checkpoint(tmp_path / "si.pth", type_names=["Si"],
+                           config=dict(architecture="nequip", r_max=3.0, num_layers=1, channels=4, l_max=1,
+                                       num_bessel=4, radial_hidden=8, readout_hidden=4))
+
+
+def test_md_compile_refuses_exported_file(tmp_path, capsys):
+    from mlip.deploy.export import export_model
+    from mlip.deploy.md import main
+
+    model = str(tmp_path / "si.nequip.pth")
+    export_model(_si_checkpoint(tmp_path), model)
+    assert main([model, "--compile", "--steps", "1", "-o", str(tmp_path / "x.traj")]) == 2
+    assert "compile applies to checkpoints" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_md_compiled_follows_eager(tmp_path, capsys):
+    """NVE from the same start with the compiled and the eager model: the same trajectory."""
+    from mlip.deploy.md import main
+
+    ck = str(_si_checkpoint(tmp_path))
+    runs = {}
+    for flag in ([], ["--compile"]):
+        out = str(tmp_path / f"md{len(flag)}.traj")
+        assert main([ck, "--ensemble", "nve", "--steps", "6", "--interval", "3", "-o", out, *flag]) == 0
+        runs[len(flag)] = ase.io.read(out, ":")
+    for eager, compiled in zip(runs[0], runs[1]):
+        np.testing.assert_allclose(compiled.positions, eager.positions, atol=1e-5)
+        np.testing.assert_allclose(compiled.get_potential_energy(), eager.get_potential_energy(), atol=1e-4)

@@ -2,6 +2,7 @@
 
     python -m mlip.deploy.md model.nequip.pth                        # Si example structure, NVT 300 K
     python -m mlip.deploy.md model.nequip.pth structure.xyz --ensemble nve --steps 2000 -o md.traj
+    python -m mlip.deploy.md best.pth molecule.xyz --compile --steps 100000   # checkpoint, compiled
 
 Writes an ASE trajectory (``.traj``, or any format ``ase.io.write`` knows by extension at the end)
 and prints step, time, potential / kinetic / total energy and temperature. The model is loaded
@@ -19,8 +20,10 @@ DEFAULT_STRUCTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname
 def run_md(model: str, structure: Optional[str] = None, index: int = 0, ensemble: str = "nvt",
            temperature_K: float = 300.0, timestep_fs: float = 1.0, steps: int = 200, friction_per_fs: float = 0.01,
            trajectory: str = "md.traj", interval: int = 10, device: str = "cpu", seed: int = 0,
-           log=print):
-    """Run MD and return the final ``Atoms``; energies in eV, temperature in K."""
+           log=print, compile: bool = False):
+    """Run MD and return the final ``Atoms``; energies in eV, temperature in K. ``compile``: trace
+    and compile a checkpoint's model (:class:`mlip.deploy.calculator.MLIPCalculator`); the first
+    step takes tens of seconds, every later one is faster (most for small systems on a CPU)."""
     import ase.io
     import numpy as np
     from ase import units
@@ -36,7 +39,7 @@ def run_md(model: str, structure: Optional[str] = None, index: int = 0, ensemble
     if not os.path.exists(path):
         raise InputError("file not found", path)
     atoms = ase.io.read(path, index=index)
-    atoms.calc = MLIPCalculator(model, device=device)
+    atoms.calc = MLIPCalculator(model, device=device, compile=compile)
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
@@ -88,10 +91,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("-o", "--output", default="md.traj", help="trajectory file")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true",
+                   help="trace and compile the model (checkpoints, not exported files): the first step takes "
+                        "tens of seconds, later ones are faster, most for small molecules on a CPU")
     args = p.parse_args(argv)
     try:
         run_md(args.model, args.structure, args.index, args.ensemble, args.temperature, args.timestep, args.steps,
-               args.friction, args.output, args.interval, args.device, args.seed)
+               args.friction, args.output, args.interval, args.device, args.seed, compile=args.compile)
     except InputError as exc:
         print(f"mlip md: error: {exc}", file=sys.stderr)
         return 2
