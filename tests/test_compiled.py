@@ -208,3 +208,17 @@ def _compare_training_step(model, compiled, batches):
         params = [p for p in model.parameters() if p.requires_grad]
         for a, b in zip(torch.autograd.grad(loss(out), params), torch.autograd.grad(loss(ref), params)):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_compile_caches_are_keyed_by_the_kernel_formulas(monkeypatch):
+    """torch.compile's caches know an operator by name only; the version of the CPU kernel's
+    registered formulas goes into their key (once, next to a tag the user set)."""
+    from mlip.nn import compiled
+    from mlip.ops.cpu_message import traced_ops_version
+
+    monkeypatch.setattr(torch.compiler.config, "cache_key_tag", "user-tag")
+    graph = compiled.trace_and_compile(lambda x: x * 2, [torch.ones(3)], backend="inductor")  # compiled lazily
+    compiled.trace_and_compile(lambda x: x + 1, [torch.ones(3)], backend="inductor")
+    tag = torch.compiler.config.cache_key_tag
+    assert tag == f"user-tag|mlip-ops-{traced_ops_version()}"
+    assert len(traced_ops_version()) == 12 and callable(graph)

@@ -118,7 +118,20 @@ def trace_and_compile(fn: Callable, args: List[torch.Tensor], backend: Optional[
                              f"({where}); use it without compile") from None
     if backend is None:
         return graph
+    _tag_compile_caches()
     return torch.compile(graph, backend=backend, dynamic=True)
+
+
+def _tag_compile_caches() -> None:
+    """Adds the version of the CPU kernel's registered formulas to torch.compile's cache keys
+    (process-wide: the tag only changes cache keys), so an upgraded mlip never reuses a backward
+    compiled from an older formula."""
+    from mlip.ops.cpu_message import traced_ops_version
+
+    tag = f"mlip-ops-{traced_ops_version()}"
+    current = torch.compiler.config.cache_key_tag
+    if tag not in current:
+        torch.compiler.config.cache_key_tag = f"{current}|{tag}" if current else tag
 
 
 def _size_pattern(inputs: List[torch.Tensor]) -> tuple:

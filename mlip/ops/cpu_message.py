@@ -125,14 +125,33 @@ def _contract_backward(ctx, grad):
     :class:`mlip.ops.fourlinear.Contract` does in eager mode."""
     idx, val, *slots, receiver, sender, w_rows = ctx.saved_tensors
     slots[ctx.free] = grad
+    need = [s != ctx.free and ctx.needs_input_grad[3 + s] for s in range(4)]
+    if not torch.is_grad_enabled():  # not differentiated again (the loss backward): one pass for all
+        out = torch.ops.mlip_cpu.grads(idx, val, *slots, receiver, sender, w_rows, ctx.num_nodes, *need)
+        return (None, None, None, *(t if n else None for t, n in zip(out, need)), None, None, None, None, None, None)
     out = [None] * 4
     for s in range(4):
-        if s != ctx.free and ctx.needs_input_grad[3 + s]:
+        if need[s]:
             args = list(slots)
             args[s] = grad.new_empty((0,))
             out[s] = torch.ops.mlip_cpu.contract(s, idx, val, *args, receiver, sender, w_rows, ctx.num_w_rows,
                                                  ctx.num_nodes, slots[s].shape[1])
     return (None, None, None, *out, None, None, None, None, None, None)
+
+
+def traced_ops_version() -> str:
+    """A digest of the code that defines the kernel's ops and their registered shape and
+    derivative formulas (this file and the C++ source). torch.compile's caches key a compiled
+    graph by its operators' names, not by the Python formulas registered for them, so this goes
+    into the cache key (:func:`mlip.nn.compiled.trace_and_compile`): a backward compiled from an
+    older formula is never reused."""
+    if "version" not in _STATE:
+        h = hashlib.sha1()
+        for path in (os.path.abspath(__file__), SOURCE):
+            with open(path, "rb") as f:
+                h.update(f.read())
+        _STATE["version"] = h.hexdigest()[:12]
+    return str(_STATE["version"])
 
 
 def cpu_kernel_traceable() -> bool:
