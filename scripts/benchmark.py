@@ -153,7 +153,8 @@ def compare(workloads, threads: int, repeats: int, peers, ours=("mlip",), peer_m
     if peer_malloc_tuning:
         print(f"peers ran with GLIBC_TUNABLES={PEER_MALLOC_TUNABLES} (the allocator setting mlip applies)")
     if rounds > 1:
-        print(f"{rounds} rounds: seconds are medians over rounds; ratios are medians of per-round ratios [lowest-highest]")
+        print(f"{rounds} rounds: seconds are medians over rounds; "
+              "ratios are medians of per-round ratios [lowest-highest]")
     ratio_width = 20 if rounds == 1 else 32
     head = f"{'workload':<13}" + "".join(f"{p + ' s':>{_w(p, 14)}}{p + ' MB':>{_w(p, 10)}}{p + ' params':>{_w(p, 14)}}"
                                          for p in programs)
@@ -171,7 +172,8 @@ def compare(workloads, threads: int, repeats: int, peers, ours=("mlip",), peer_m
                 line += f"{'error':>{_w(p, 14)}}{'':>{_w(p, 10)}}{'':>{_w(p, 14)}}"
         for o in ours:
             for p in peers:
-                ratios = [a["seconds"] / b["seconds"] for a, b in zip(res[p], res[o]) if "seconds" in a and "seconds" in b]
+                ratios = [a["seconds"] / b["seconds"] for a, b in zip(res[p], res[o])
+                          if "seconds" in a and "seconds" in b]
                 if not ratios:
                     line += f"{'n/a':>{ratio_width}}"
                 elif rounds == 1:

@@ -11,7 +11,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 @pytest.fixture()
 def bench():
-    spec = importlib.util.spec_from_file_location("mlip_speed_benchmark", os.path.join(HERE, "..", "scripts", "benchmark.py"))
+    path = os.path.join(HERE, "..", "scripts", "benchmark.py")
+    spec = importlib.util.spec_from_file_location("mlip_speed_benchmark", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -247,4 +247,5 @@ def fused_message_cpu(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weig
     return contract(launch_cpu, "z", plan, graph, vals)
 
 
-__all__ = ["fused_message_cpu", "cpu_kernel_available", "cpu_kernel_traceable", "load_cpu_kernel", "launch_cpu", "CpuGraph"]
+__all__ = ["fused_message_cpu", "cpu_kernel_available", "cpu_kernel_traceable", "load_cpu_kernel", "launch_cpu",
+           "CpuGraph", "traced_ops_version"]
