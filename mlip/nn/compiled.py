@@ -129,9 +129,16 @@ def _tag_compile_caches() -> None:
     from mlip.ops.cpu_message import traced_ops_version
 
     tag = f"mlip-ops-{traced_ops_version()}"
-    current = torch.compiler.config.cache_key_tag
+    config = getattr(torch.compiler, "config", None)
+    if config is None or not hasattr(config, "cache_key_tag"):
+        # an older torch without cache tags: do not reuse compiled backwards across processes
+        functorch_config = getattr(getattr(torch, "_functorch", None), "config", None)
+        if functorch_config is not None and hasattr(functorch_config, "enable_autograd_cache"):
+            functorch_config.enable_autograd_cache = False
+        return
+    current = config.cache_key_tag
     if tag not in current:
-        torch.compiler.config.cache_key_tag = f"{current}|{tag}" if current else tag
+        config.cache_key_tag = f"{current}|{tag}" if current else tag
 
 
 def _size_pattern(inputs: List[torch.Tensor]) -> tuple:
