@@ -3,10 +3,11 @@
 
     python scripts/benchmark.py                      # every workload, one JSON line each
     python scripts/benchmark.py cu256-infer --repeats 5
-    python scripts/benchmark.py --compare            # MACE, NequIP and mlip alternately, with ratios
+    python scripts/benchmark.py --compare            # MACE, NequIP, mlip and mlip+compile alternately,
+                                                     # with ratios
     python scripts/benchmark.py --compare --peers nequip --rounds 3   # 3 alternations; median ratios
-    python scripts/benchmark.py --compare --compiled --peer-malloc-tuning   # + compiled mlip; peers
-                                                     # under mlip's allocator setting too
+    python scripts/benchmark.py --compare --no-compiled --peer-malloc-tuning   # eager mlip only;
+                                                     # peers under mlip's allocator setting too
 
 Fields match peers.py: workload, program, seconds (median of --repeats after 3 warm-up calls),
 atoms, structures, threads, params; plus peak_rss_mb (resident memory high-water mark of the
@@ -198,9 +199,10 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compare", action="store_true", help="run the peers and mlip alternately, print ratios")
     p.add_argument("--peers", nargs="+", default=["mace", "nequip"], choices=["mace", "nequip"])
-    p.add_argument("--compiled", action="store_true",
-                   help="time mlip with energy + forces traced and compiled (mlip.nn.compiled, as train.compile); "
-                        "with --compare: an extra program 'mlip+compile' next to plain mlip")
+    p.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=None,
+                   help="time mlip with energy + forces traced and compiled (mlip.nn.compiled: calculator "
+                        "compile=True, train.compile); with --compare (default there: on) an extra program "
+                        "'mlip+compile' next to the eager mlip, compile time not timed")
     p.add_argument("--rounds", type=int, default=1,
                    help="with --compare: alternate the programs this many times per workload; medians and the "
                         "range of the per-round ratios are printed (the machine's speed drifts)")
@@ -211,11 +213,12 @@ def main():
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         p.error(f"unknown workloads {sorted(unknown)}; choose from {sorted(WORKLOADS)}")
-    ours = ("mlip", "mlip+compile") if args.compiled else ("mlip",)
+    compiled = args.compiled if args.compiled is not None else args.compare
+    ours = ("mlip", "mlip+compile") if compiled else ("mlip",)
     if args.compare:
         compare(workloads, args.threads, args.repeats, args.peers, ours, args.peer_malloc_tuning, max(1, args.rounds))
     elif len(workloads) == 1:
-        print(json.dumps(time_mlip(workloads[0], args.threads, args.repeats, args.compiled)), flush=True)
+        print(json.dumps(time_mlip(workloads[0], args.threads, args.repeats, compiled)), flush=True)
     else:
         for w in workloads:
             print(json.dumps(run_child(ours[-1], w, args.threads, args.repeats)), flush=True)
