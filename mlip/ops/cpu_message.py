@@ -129,14 +129,18 @@ def _contract_backward(ctx, grad):
     if not torch.is_grad_enabled():  # not differentiated again (the loss backward): one pass for all
         out = torch.ops.mlip_cpu.grads(idx, val, *slots, receiver, sender, w_rows, ctx.num_nodes, *need)
         return (None, None, None, *(t if n else None for t, n in zip(out, need)), None, None, None, None, None, None)
-    out = [None] * 4
-    for s in range(4):
-        if need[s]:
-            args = list(slots)
-            args[s] = grad.new_empty((0,))
-            out[s] = torch.ops.mlip_cpu.contract(s, idx, val, *args, receiver, sender, w_rows, ctx.num_w_rows,
-                                                 ctx.num_nodes, slots[s].shape[1])
+    out = [_contract_op(s, idx, val, slots, receiver, sender, w_rows, ctx.num_w_rows, ctx.num_nodes,
+                        slots[s].shape[1]) if need[s] else None for s in range(4)]
     return (None, None, None, *out, None, None, None, None, None, None)
+
+
+def _contract_op(free: int, idx, val, slots, receiver, sender, w_rows, num_w_rows, num_nodes, dim_free):
+    """``mlip_cpu::contract`` with ``slots`` (x, y, w, z) given; the free one is not read (an empty
+    placeholder is passed in its place)."""
+    ref = slots[1] if free != 1 else slots[0]
+    args = [t.contiguous() if i != free else ref.new_empty((0,)) for i, t in enumerate(slots)]
+    return torch.ops.mlip_cpu.contract(free, idx, val, *args, receiver, sender, w_rows, num_w_rows, num_nodes,
+                                       dim_free)
 
 
 def traced_ops_version() -> str:
@@ -210,12 +214,10 @@ class _CpuLaunch:
 
     def __call__(self, free: str, plan: Plan, graph: CpuGraph, vals: Dict[str, torch.Tensor]) -> torch.Tensor:
         """One contraction (dL/d free)."""
-        ref = next(iter(vals.values()))
-        placeholder = torch.empty(0, dtype=ref.dtype)
-        args = [vals[s].contiguous() if s in vals else placeholder for s in SLOTS]
         idx, val = _terms(plan)
-        return torch.ops.mlip_cpu.contract(SLOTS.index(free), idx, val, *args, graph.receiver, graph.sender,
-                                           graph.w_rows, graph.num_w_rows, graph.num_nodes, plan.dims()[free])
+        slots = [vals.get(s) for s in SLOTS]
+        return _contract_op(SLOTS.index(free), idx, val, slots, graph.receiver, graph.sender, graph.w_rows,
+                            graph.num_w_rows, graph.num_nodes, plan.dims()[free])
 
     def grads(self, plan: Plan, graph: CpuGraph, vals: Dict[str, torch.Tensor], slots) -> Dict[str, torch.Tensor]:
         """dL/d slot for every slot in ``slots``, in one pass over the edges (all four slots given)."""
