@@ -6,13 +6,14 @@ rebuild the network: the architecture config with the statistics already filled 
 (E0 shifts, scales, average neighbour count), ``type_names`` and ``dtype``. Training adds
 optimiser, scheduler, EMA and RNG states next to it (see :mod:`mlip.train`).
 """
+import contextlib
 import os
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional
+from typing import IO, Any, Dict, Iterator, List, Mapping, Optional
 
 import torch
 
-from mlip.errors import InputError
+from mlip.errors import InputError, StorageError, describe_os_error, os_error_text
 
 FORMAT = "mlip-1"
 
@@ -24,24 +25,56 @@ def model_record(model_config: Mapping[str, Any], type_names: List[str], dtype: 
             "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "wb") -> Iterator[IO]:
+    """A handle on a temporary file in ``path``'s folder; on leaving the block it is flushed,
+    fsynced and renamed over ``path``.
 
-    A crash at any moment leaves either the old file or the new one, never a torn one.
+    A crash at any moment leaves either the old file or the new one, never a torn one. If the
+    write fails (disk full, quota, read-only), the temporary file is removed and a
+    :class:`~mlip.errors.StorageError` names ``path``; the old file is unchanged.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    tmp: Optional[str] = None
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+    except BaseException as exc:
+        os_error = describe_os_error(exc)
+        if os_error is None or isinstance(exc, StorageError):
+            raise
+        raise StorageError(f"{path}: not written ({os_error_text(os_error)}); its previous version, if any, "
+                           "is unchanged") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` through :func:`atomic_file`: the old file or the new one, never a torn one."""
+    with atomic_file(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def ensure_writable_dir(path: str, key: str = "output_dir") -> None:
+    """Create the folder ``path`` if needed and prove that a file can be written in it, so that
+    a wrong or read-only ``output_dir`` is reported before any data is read."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"is a file, not a folder; set {key} to a folder (new or existing)", path, key=key)
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"cannot write there ({os_error_text(exc)}); set {key} to a folder you can write to",
+                         path, key=key) from None
 
 
 def is_torchscript_file(path: str) -> bool:
@@ -66,14 +99,56 @@ def load_file(path: str, map_location: str = "cpu") -> Dict[str, Any]:
         # torch.load would hand a TorchScript archive to torch.jit.load, which runs its code
         raise InputError("this is an exported TorchScript model, not a checkpoint; use it with "
                          "MLIPCalculator or LAMMPS, or export again from the checkpoint", path)
+    import warnings
+
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: not the user's business
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise InputError(f"not a readable mlip checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})", path) from None
+        raise InputError(f"not a readable mlip checkpoint: {_what_the_file_is(path, exc)}", path) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT or "model" not in obj:
         raise InputError(f"not an mlip checkpoint (expected format '{FORMAT}' with a 'model' entry)", path)
     return obj
+
+
+def _what_the_file_is(path: str, exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``, in the user's terms.
+
+    torch's own message advises ``weights_only=False``, which would run any code a malicious
+    file carries: it is never repeated. mlip files hold only tensors and plain values.
+    """
+    import re
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as err:
+        return f"cannot read it ({os_error_text(err)})"
+    blocked = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if blocked:
+        return (f"it holds the Python object {blocked.group(1)}, and loading it would run code from the file; "
+                "refused (an mlip checkpoint holds only tensors, numbers, strings, lists and dicts)")
+    if not head:
+        return "the file is empty (0 bytes)"
+    if zipfile.is_zipfile(path):
+        if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__:
+            return ("it holds Python objects other than tensors, numbers, strings, lists and dicts; refused, "
+                    "since loading them could run code from the file")
+        return f"a zip archive that is not a torch checkpoint, or a damaged one ({type(exc).__name__})"
+    if head.startswith(b"PK\x03\x04"):
+        return "a truncated or damaged checkpoint (the zip archive is cut off: a write that did not finish?)"
+    if head[:1] == b"\x80":
+        return ("a Python pickle, not a torch zip archive; refused, since unpickling it could run code from "
+                "the file")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return "a text file; a checkpoint is the .pt file that `mlip train` writes (best_model.pt, checkpoints/)"
+    return "neither a torch zip archive nor a pickle (random or foreign bytes)"
 
 
 def save_model_file(path: str, record: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> None:

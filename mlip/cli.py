@@ -1,7 +1,9 @@
 """The ``mlip`` command. Each subcommand lives in its own module, imported only when used.
 
 A subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``. Errors in the
-user's input (:class:`~mlip.errors.InputError`) are printed as one line with exit code 2.
+user's input (:class:`~mlip.errors.InputError`) are printed as one line with exit code 2; a file
+that cannot be written (:class:`~mlip.errors.StorageError`, or any other operating-system error
+such as a full disk) as one line with exit code 1.
 """
 import argparse
 import importlib
@@ -9,7 +11,7 @@ import importlib.util
 import sys
 from typing import List, Optional
 
-from mlip.errors import InputError
+from mlip.errors import MLIPError, describe_os_error, os_error_text
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -44,9 +46,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(modules[args.command].run(args) or 0)
-    except InputError as exc:
+    except MLIPError as exc:
         print(f"mlip {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except (OSError, RuntimeError) as exc:
+        # a full disk or a read-only folder met where no code expected it: still one line
+        os_error = describe_os_error(exc)
+        if os_error is None:
+            raise
+        where = f"{os_error.filename}: " if os_error.filename else ""
+        print(f"mlip {args.command}: error: {where}{os_error_text(os_error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"mlip {args.command}: interrupted", file=sys.stderr)
         return 130

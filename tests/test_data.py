@@ -94,7 +94,7 @@ def test_missing_file():
 def test_unparsable_frame(tmp_path):
     path = tmp_path / "bad.extxyz"
     path.write_text("2\nProperties=species:S:1:pos:R:3 energy=1.0\nH 0 0 0\nH 0 0 garbage\n")
-    with pytest.raises(InputError, match="bad.extxyz: cannot parse"):
+    with pytest.raises(InputError, match="bad.extxyz, frame 0: cannot parse"):
         read_frames(str(path))
 
 

@@ -119,6 +119,8 @@ def frame_from_atoms(atoms, keys: LabelKeys = LabelKeys(), units: Units = Units(
 def validate_frame(frame: Frame, path: str, index: int, keys: LabelKeys = LabelKeys()) -> None:
     """Reject frames that would silently poison training: NaN/inf, wrong shapes, flat cells."""
     n = len(frame.numbers)
+    if n == 0:
+        raise InputError("structure has no atoms; remove it from the file", path, index, "numbers")
     if frame.positions.shape != (n, 3):
         raise InputError(f"positions have shape {frame.positions.shape}, expected ({n}, 3)", path, index, "positions")
     if not np.all(np.isfinite(frame.positions)):
@@ -170,6 +172,7 @@ def read_npz(path: str, keys: NpzKeys = NpzKeys(), units: Units = Units(energy="
         forces = archive[keys.forces] if keys.forces in archive else None
     if coords.ndim != 3 or coords.shape[2] != 3:
         raise InputError(f"expected [frames, atoms, 3], got {coords.shape}", path, key=keys.positions)
+    _check_npz_shapes(path, keys, coords, numbers, energies, forces)
     frames = []
     rng = range(len(coords))
     chosen = rng[index] if index is not None else rng
@@ -189,6 +192,21 @@ def read_npz(path: str, keys: NpzKeys = NpzKeys(), units: Units = Units(energy="
     return frames
 
 
+def _check_npz_shapes(path: str, keys: NpzKeys, coords: np.ndarray, numbers: np.ndarray,
+                      energies: Optional[np.ndarray], forces: Optional[np.ndarray]) -> None:
+    """Every per-frame array of an rMD17-style archive must match ``coords`` [frames, atoms, 3]."""
+    n_frames, n_atoms = coords.shape[:2]
+    what = f"{keys.positions} has {n_frames} frames of {n_atoms} atoms"
+    if numbers.shape not in ((n_atoms,), (n_frames, n_atoms)):
+        raise InputError(f"shape {numbers.shape}, expected ({n_atoms},) or ({n_frames}, {n_atoms}): {what}",
+                         path, key=keys.numbers)
+    if energies is not None and (np.shape(energies)[:1] != (n_frames,) or np.size(energies) != n_frames):
+        raise InputError(f"shape {np.shape(energies)}, expected ({n_frames},) (one energy per frame): {what}",
+                         path, key=keys.energy)
+    if forces is not None and np.shape(forces) != coords.shape:
+        raise InputError(f"shape {np.shape(forces)}, expected {coords.shape}: {what}", path, key=keys.forces)
+
+
 def read_frames(path: str, keys: Optional[LabelKeys] = None, units: Optional[Units] = None,
                 index: str = ":", npz_keys: Optional[NpzKeys] = None, fmt: Optional[str] = None,
                 required: Sequence[str] = ()) -> List[Frame]:
@@ -200,6 +218,9 @@ def read_frames(path: str, keys: Optional[LabelKeys] = None, units: Optional[Uni
     """
     if not os.path.exists(path):
         raise InputError("file not found", path)
+    if os.path.isdir(path) and not _is_ase_bundle(path):
+        raise InputError("is a folder without manifest.json: a folder of HDF5 shards needs the manifest.json "
+                         "that `mlip preprocess FILE -o FOLDER` writes; otherwise give a data file", path)
     if path.endswith(".npz"):
         sl = _parse_slice(index)
         npz_keys = npz_keys or NpzKeys()
@@ -213,8 +234,13 @@ def read_frames(path: str, keys: Optional[LabelKeys] = None, units: Optional[Uni
     try:
         atoms_list = ase.io.read(path, index=index, format=fmt)
     except Exception as exc:
-        raise InputError(f"cannot parse ({type(exc).__name__}: {_first_line(exc)}); "
-                         f"frame numbers count from 0 — check the frame after the last good one", path) from None
+        import re
+
+        frame = _first_bad_frame(path, index, fmt)
+        item = re.search(r"info item (\w+)", _first_line(exc))  # ASE names a malformed key this way
+        raise InputError(f"cannot parse ({type(exc).__name__}: {_first_line(exc)})" +
+                         ("" if frame is None else "; frames count from 0"), path, frame,
+                         item.group(1) if item else None) from None
     if not isinstance(atoms_list, list):
         atoms_list = [atoms_list]
     if not atoms_list:
@@ -235,6 +261,34 @@ def check_required(frames: Sequence[Frame], required: Sequence[str], path: str, 
                 where = frame.source.rpartition(":")[2]
                 raise InputError(f"{name} label missing (looked in atoms.info/atoms.arrays and the attached "
                                  f"calculator)", path, int(where) if where.isdigit() else i, getattr(keys, name))
+
+
+def _is_ase_bundle(path: str) -> bool:
+    """An ASE BundleTrajectory (a folder ASE reads as a trajectory)."""
+    from ase.io.bundletrajectory import BundleTrajectory
+
+    try:
+        return bool(BundleTrajectory.is_bundle(path))
+    except Exception:
+        return False
+
+
+def _first_bad_frame(path: str, index: str, fmt: Optional[str]) -> Optional[int]:
+    """The number of the first frame that ASE cannot read, found by reading frame by frame
+    (only after a failed read, so that a good file is parsed once); None if that finds none."""
+    import ase.io
+
+    sl = _parse_slice(index)
+    start, step = sl.start or 0, sl.step or 1
+    if start < 0 or step < 1:
+        return None  # counted from the end: no cheap way to number the frame
+    count = 0
+    try:
+        for _ in ase.io.iread(path, index=index, format=fmt):
+            count += 1
+    except Exception:
+        return start + count * step
+    return None
 
 
 def _first_line(exc: Exception) -> str:

@@ -13,7 +13,7 @@ import torch
 
 from mlip.data import keys as K
 from mlip.data.frames import Frame, chemical_symbols_to_types
-from mlip.data.neighbors import edge_pairs, neighbor_list
+from mlip.data.neighbors import MIN_DISTANCE, check_min_distance, edge_pairs, neighbor_list
 from mlip.errors import InputError
 
 Graph = Dict[str, torch.Tensor]
@@ -42,13 +42,17 @@ class TypeMapper:
 
 
 def frame_to_graph(frame: Frame, type_mapper: TypeMapper, r_max: float,
-                   dtype: torch.dtype = torch.float64, edges: Optional[tuple] = None) -> Graph:
+                   dtype: torch.dtype = torch.float64, edges: Optional[tuple] = None,
+                   min_distance: float = MIN_DISTANCE) -> Graph:
     """Build the radius graph of one frame and pack it, with its labels, as tensors.
 
     ``edges``: a precomputed (edge_index, shifts) for this ``r_max`` (e.g. from an HDF5 shard).
+    Two atoms closer than ``min_distance`` (Angstrom) are an error naming them (0: no check).
     """
     if edges is None:
-        edges = neighbor_list(frame.positions, frame.cell, frame.pbc, r_max, frame.source)
+        edges = neighbor_list(frame.positions, frame.cell, frame.pbc, r_max, frame.source, min_distance)
+    else:
+        check_min_distance(frame.positions, frame.cell, edges[0], edges[1], min_distance, frame.source)
     edge_index, shifts = edges
     edge_pair, pair_edge = edge_pairs(edge_index, shifts)
     n = len(frame)

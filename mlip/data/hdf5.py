@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from mlip.data.frames import Frame
 from mlip.data.graph import Graph, TypeMapper, frame_to_graph
+from mlip.data.neighbors import MIN_DISTANCE, neighbor_list
 from mlip.errors import InputError
 
 MANIFEST = "manifest.json"
@@ -110,15 +111,15 @@ class _ShardBuffer:
 
 
 def write_shards(frames: Iterable[Frame], out_dir: str, frames_per_shard: int = 10000,
-                 graph_r_max: Optional[float] = None, source: str = "") -> Dict[str, object]:
+                 graph_r_max: Optional[float] = None, source: str = "",
+                 min_distance: float = MIN_DISTANCE) -> Dict[str, object]:
     """Stream frames into shards and write the manifest; returns the manifest.
 
     With ``graph_r_max`` the radius graph of every frame is stored too (and the average
-    neighbour count is part of the statistics).
+    neighbour count is part of the statistics). Two atoms closer than ``min_distance``
+    (Angstrom) are an error naming the frame, before anything of it is written.
     """
     import h5py
-
-    from mlip.data.neighbors import neighbor_list
 
     os.makedirs(out_dir, exist_ok=True)
     stats = StreamingStatistics()
@@ -154,6 +155,9 @@ def write_shards(frames: Iterable[Frame], out_dir: str, frames_per_shard: int = 
 
     for frame in frames:
         n = len(frame)
+        if graph_r_max is None and min_distance > 0:
+            # a short-range list just for the check (a cell list with bins of ~1 A stays small)
+            neighbor_list(frame.positions, frame.cell, frame.pbc, max(min_distance, 1.0), frame.source, min_distance)
         buf.positions.append(frame.positions)
         buf.numbers.append(frame.numbers)
         buf.forces.append(frame.forces if frame.forces is not None else np.full((n, 3), np.nan))
@@ -163,7 +167,8 @@ def write_shards(frames: Iterable[Frame], out_dir: str, frames_per_shard: int = 
         buf.stress.append(frame.stress if frame.stress is not None else np.full((3, 3), np.nan))
         num_edges = None
         if graph_r_max is not None:
-            edge_index, shifts = neighbor_list(frame.positions, frame.cell, frame.pbc, graph_r_max, frame.source)
+            edge_index, shifts = neighbor_list(frame.positions, frame.cell, frame.pbc, graph_r_max, frame.source,
+                                               min_distance)
             if np.abs(shifts).max(initial=0) > 127:
                 raise InputError("cell shift beyond int8 range; is the cell tiny compared with r_max?", frame.source)
             buf.edge_index.append(edge_index)
@@ -206,9 +211,11 @@ class HDF5Dataset(Dataset):
     """
 
     def __init__(self, folders: Sequence[str], type_names: Sequence[str], r_max: float,
-                 dtype: torch.dtype = torch.float64, skip_corrupt: bool = False):
+                 dtype: torch.dtype = torch.float64, skip_corrupt: bool = False,
+                 min_distance: float = MIN_DISTANCE):
         import h5py  # noqa: F401  (fail early if missing)
 
+        self.min_distance = float(min_distance)
         self.type_mapper = TypeMapper(type_names)
         self.r_max = float(r_max)
         self.dtype = dtype
@@ -338,8 +345,9 @@ class HDF5Dataset(Dataset):
             a, b = int(ptrs["edge_ptr"][local]), int(ptrs["edge_ptr"][local + 1])
             edge_index = h5["edge_index"][:, a:b].astype(np.int64)
             shifts = h5["edge_shift"][a:b].astype(np.int64)
-            return frame_to_graph(frame, self.type_mapper, self.r_max, self.dtype, edges=(edge_index, shifts))
-        return frame_to_graph(frame, self.type_mapper, self.r_max, self.dtype)
+            return frame_to_graph(frame, self.type_mapper, self.r_max, self.dtype, edges=(edge_index, shifts),
+                                  min_distance=self.min_distance)
+        return frame_to_graph(frame, self.type_mapper, self.r_max, self.dtype, min_distance=self.min_distance)
 
     def __getstate__(self):  # DataLoader workers (spawn) get no open handles
         state = dict(self.__dict__)

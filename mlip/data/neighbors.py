@@ -14,11 +14,13 @@ from mlip.errors import InputError
 
 
 def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_max: float,
-                  source: str = "") -> Tuple[np.ndarray, np.ndarray]:
+                  source: str = "", min_distance: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
     """Return ``edge_index`` [2, E] (row 0 centre i, row 1 neighbour j) and integer ``shifts`` [E, 3].
 
     Works for any combination of pbc flags, triclinic cells and cells smaller than ``r_max``
     (an atom then sees its own periodic images). Self-pairs at zero distance are excluded.
+    ``min_distance`` > 0 (Angstrom): two atoms closer than this are an error naming them
+    (:func:`check_min_distance`).
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
@@ -36,7 +38,39 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_ma
     shifts = np.asarray(shifts, dtype=np.int64).reshape(-1, 3)
     # Order by centre atom: memory locality for the scatter, and CSR segments for the kernels.
     order = np.lexsort((edge_index[1], edge_index[0]))
-    return edge_index[:, order], shifts[order]
+    edge_index, shifts = edge_index[:, order], shifts[order]
+    check_min_distance(positions, cell, edge_index, shifts, min_distance, source)
+    return edge_index, shifts
+
+
+MIN_DISTANCE = 0.1  # Angstrom: closer atoms are a broken structure (a duplicated atom), never physics
+
+
+def check_min_distance(positions: np.ndarray, cell: np.ndarray, edge_index: np.ndarray, shifts: np.ndarray,
+                       min_distance: float = MIN_DISTANCE, source: str = "") -> None:
+    """Raise :class:`InputError` naming the closest pair of atoms if it is closer than
+    ``min_distance`` (Angstrom; 0 turns the check off).
+
+    Two atoms at one position give an edge of length zero, whose direction (and so every
+    equivariant feature) is NaN: the model would return NaN energies and forces.
+    """
+    edge_index = np.asarray(edge_index).reshape(2, -1)
+    if min_distance <= 0 or edge_index.shape[1] == 0:
+        return
+    positions = np.asarray(positions, dtype=np.float64)
+    i, j = edge_index
+    vectors = positions[j] - positions[i] + np.asarray(shifts, dtype=np.float64).reshape(-1, 3) @ np.asarray(
+        cell, dtype=np.float64).reshape(3, 3)
+    lengths = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    k = int(np.argmin(lengths))
+    if lengths[k] < min_distance:
+        image = "" if not np.any(shifts[k]) else f" (periodic image {np.asarray(shifts[k]).tolist()})"
+        close = int(np.sum(lengths < min_distance)) // 2 or 1
+        more = f"; {close} such pairs" if close > 1 else ""
+        raise InputError.at(source, f"atoms {int(i[k])} and {int(j[k])}{image} are {lengths[k]:.3f} A apart (atoms count from 0), closer "
+                            f"than the minimum distance {min_distance:g} A (a duplicated atom?){more}; fix the "
+                            "structure (the limit is data.min_distance in a config, --min-distance on the command "
+                            "line, min_distance in MLIPCalculator)", key="positions")
 
 
 def edge_pairs(edge_index: np.ndarray, shifts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

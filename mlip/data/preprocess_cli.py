@@ -4,6 +4,7 @@ import json
 
 from mlip.data.frames import LabelKeys, NpzKeys, Units
 from mlip.data.hdf5 import iter_frames, write_shards
+from mlip.data.neighbors import MIN_DISTANCE
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stress-key", default="stress")
     p.add_argument("--energy-unit", default=None, help="eV (default for ASE files), kcal/mol (default for .npz), ...")
     p.add_argument("--index", default=":", help="ASE index of the frames to take from each file")
+    p.add_argument("--min-distance", type=float, default=MIN_DISTANCE,
+                   help=f"two atoms closer than this (Angstrom) are an error (default {MIN_DISTANCE}; 0: no check)")
 
 
 def run(args) -> int:
@@ -24,7 +27,7 @@ def run(args) -> int:
     units = Units(energy=args.energy_unit) if args.energy_unit else None
     frames = iter_frames(args.inputs, keys=keys, units=units, index=args.index, npz_keys=NpzKeys())
     manifest = write_shards(_progress(frames), args.output, args.frames_per_shard, args.r_max,
-                            source=" ".join(args.inputs))
+                            source=" ".join(args.inputs), min_distance=args.min_distance)
     print(f"wrote {len(manifest['shards'])} shard(s) to {args.output}")
     print(json.dumps(manifest["statistics"], indent=1))
     return 0

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from mlip.errors import InputError
+from mlip.data.neighbors import MIN_DISTANCE
+from mlip.errors import InputError, NonFiniteError
 
 ModelSpec = Union[str, os.PathLike, torch.nn.Module]
 
@@ -120,6 +121,10 @@ class MLIPCalculator(Calculator):
         use the EMA weights of a checkpoint when present (default True).
     script:
         TorchScript-compile checkpoint models once at load (exported files are already).
+    min_distance:
+        two atoms closer than this (Angstrom; default 0.1) raise :class:`~mlip.errors.InputError`
+        naming them, instead of returning the NaN energy and forces a zero distance gives (an
+        exploded MD run, a duplicated atom). 0 turns the check off.
     compile:
         trace each checkpoint / model object (energy, forces and virial together) into one graph
         and compile it with inductor (:class:`mlip.nn.compiled.CompiledModule`). The first call
@@ -134,8 +139,9 @@ class MLIPCalculator(Calculator):
 
     def __init__(self, model: Union[ModelSpec, Sequence[ModelSpec]], device: str = "cpu",
                  dtype: Optional[str] = None, use_ema: bool = True, script: bool = False, compile: bool = False,
-                 **kwargs):
+                 min_distance: float = MIN_DISTANCE, **kwargs):
         super().__init__(**kwargs)
+        self.min_distance = float(min_distance)
         from mlip.perf import tune_malloc
         tune_malloc()  # CPU speed of the MD loop (MLIP_MALLOC_TUNING=0: off)
         specs = list(model) if isinstance(model, (list, tuple)) else [model]
@@ -175,7 +181,9 @@ class MLIPCalculator(Calculator):
         positions = np.asarray(atoms.positions, dtype=np.float64)
         pbc = np.asarray(atoms.pbc, dtype=bool)
         cell = np.asarray(atoms.cell.array, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
-        edge_index, shifts = neighbor_list(positions, cell, pbc, model.r_max)
+        if len(positions) == 0:
+            raise InputError("the structure has no atoms")
+        edge_index, shifts = neighbor_list(positions, cell, pbc, model.r_max, "", self.min_distance)
         edge_pair, pair_edge = edge_pairs(edge_index, shifts)
         types = model.type_mapper(atoms.numbers)
         dev = self.device
@@ -211,6 +219,10 @@ class MLIPCalculator(Calculator):
                 virial = out["virial"].detach().view(3, 3).cpu().numpy().astype(np.float64)
                 s = -virial / volume
                 stresses.append(np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]))
+        for model, energy, f in zip(self.models, energies, forces):
+            if not (np.isfinite(energy) and np.all(np.isfinite(f))):
+                raise NonFiniteError(f"{model.source}: the model returned a non-finite energy or forces for "
+                                         f"this structure ({len(atoms)} atoms); check the positions and cell")
         results: Dict[str, Any] = {
             "energy": float(np.mean(energies)),
             "energies": np.mean(atomic, axis=0),

@@ -3,7 +3,8 @@
 Files are ``<run>/checkpoints/ckpt-<global step>-e<epoch>.pt``; the ``keep`` newest are kept.
 Each is a plain dict (tensors, numbers, strings, lists, dicts) read with
 ``torch.load(weights_only=True)`` through :func:`mlip.checkpoint.load_file`. A file that does
-not load (truncated by a full disk, say) is renamed ``*.corrupt`` and the previous one is used.
+not load (truncated by a full disk, say) is renamed ``*.corrupt`` and the previous one is used;
+when none loads, resuming stops with an error instead of starting over.
 """
 from __future__ import annotations
 
@@ -51,25 +52,39 @@ class CheckpointDir:
         return path
 
     def load_latest(self, log: Callable[[str], None] = print) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
-        """The newest checkpoint that loads and has every training entry, or (None, None)."""
+        """The newest checkpoint that loads and has every training entry, or (None, None) when
+        the folder holds none.
+
+        Unreadable newer files are renamed ``*.corrupt``, with a warning naming each and why,
+        once an older readable one is found. If no file is readable, nothing is renamed and an
+        :class:`InputError` lists them: starting over would silently discard the run.
+        """
         # temporary files of a write that was killed midway are never valid checkpoints
         for tmp in glob.glob(os.path.join(self.folder, ".tmp-*")):
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+        rejected: List[Tuple[str, InputError]] = []
         for path in reversed(self.list()):
             try:
                 obj = load_file(path)
                 missing = [k for k in REQUIRED if k not in obj]
                 if missing:
-                    raise InputError(f"not a training checkpoint (missing {missing})", path)
+                    raise InputError(f"a model file, not a training checkpoint (missing {missing})", path)
             except InputError as exc:
-                log(f"warning: skipping unreadable checkpoint ({exc}); renamed to {os.path.basename(path)}.corrupt "
-                    "and trying the previous one")
-                os.replace(path, path + ".corrupt")
+                rejected.append((path, exc))
                 continue
+            for bad, exc in rejected:
+                log(f"warning: skipping unreadable checkpoint ({exc}); renamed to {os.path.basename(bad)}.corrupt; "
+                    f"resuming from the previous one, {os.path.basename(path)}")
+                os.replace(bad, bad + ".corrupt")
             return obj, path
+        if rejected:
+            reasons = "; ".join(str(exc) for _, exc in rejected)
+            raise InputError(f"no readable checkpoint to resume from: {reasons}. Nothing was changed. Put a good "
+                             f"checkpoint back, or delete {self.folder} to start this run over from epoch 0",
+                             self.folder)
         return None, None
 
 

@@ -100,6 +100,11 @@ SCHEMA: Dict[str, Any] = {
                              "of the training step (HDF5 folders only; 0 = in the training process)", low=0),
         "skip_corrupt": Field("bool", False, "HDF5 folders: replace an unreadable frame by the next readable "
                               "one (reported once) instead of stopping with an error naming shard and frame"),
+        "min_distance": Field("float", 0.1, "two atoms closer than this (Angstrom) are an error naming the "
+                              "structure (a duplicated atom gives NaN energies); 0 = no check", low=0.0),
+        "allow_partial_labels": Field("bool", False, "accept structures that lack a label whose loss weight is "
+                                      "positive (they train on their other labels); by default every training "
+                                      "and validation structure must carry each weighted label"),
         "E0s": Field("e0s", "least_squares", "per-species reference energies (eV): 'isolated' (from "
                      "single-atom structures), 'least_squares' (fit to training energies) or "
                      "{symbol: eV}"),
@@ -503,12 +508,12 @@ def load_config(path: str, overrides: Iterable[str] = (), check_files: bool = Tr
 
 def dump_config(cfg: Mapping[str, Any], path: str) -> None:
     """Write the resolved config (all defaults filled in) as YAML, atomically."""
+    from mlip.checkpoint import atomic_file
+
     text = yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
+    with atomic_file(path, "w") as fh:
         fh.write("# resolved mlip training config: every default filled in\n")
         fh.write(text)
-    os.replace(tmp, path)
 
 
 def _plain(obj: Any) -> Any:

@@ -18,14 +18,27 @@ from mlip.data import keys as K
 from mlip.data.frames import Frame, LabelKeys, NpzKeys, Units, read_frames
 from mlip.data.graph import Graph, TypeMapper, collate, frame_to_graph
 from mlip.data.hdf5 import MANIFEST, HDF5Dataset
+from mlip.data.neighbors import MIN_DISTANCE
 from mlip.errors import InputError
 from mlip.train.config import resolve_path
+from mlip.train.labels import Coverage, coverage_from_flags, coverage_of_frames
 from mlip.train.loss import LossWeights, label_counts
 
 
 def label_keys(cfg: Mapping[str, Any]) -> LabelKeys:
     k = cfg["data"]["keys"]
     return LabelKeys(energy=k["energy"], forces=k["forces"], stress=k["stress"])
+
+
+def label_key_names(cfg: Mapping[str, Any], path: str) -> Dict[str, str]:
+    """label -> the name it is looked up by in ``path`` (for messages): the config's data.keys,
+    data.npz_keys for an ``.npz``, the label itself for an HDF5 folder (named at preprocessing)."""
+    if path.endswith(".npz"):
+        k = cfg["data"]["npz_keys"]
+        return {"energy": k["energy"], "forces": k["forces"], "stress": "stress"}
+    if is_hdf5_folder(path):
+        return {"energy": "energy", "forces": "forces", "stress": "stress"}
+    return dict(cfg["data"]["keys"])
 
 
 def npz_keys(cfg: Mapping[str, Any]) -> NpzKeys:
@@ -74,9 +87,10 @@ class GraphSet:
     def __len__(self) -> int:
         return len(self.frames)
 
-    def build(self, type_names: Sequence[str], r_max: float) -> "GraphSet":
+    def build(self, type_names: Sequence[str], r_max: float, min_distance: float = MIN_DISTANCE) -> "GraphSet":
         mapper = TypeMapper(type_names)
-        self.graphs = [frame_to_graph(f, mapper, r_max, torch.float64) for f in self.frames]
+        self.graphs = [frame_to_graph(f, mapper, r_max, torch.float64, min_distance=min_distance)
+                       for f in self.frames]
         self._has_stress = None
         return self
 
@@ -86,8 +100,9 @@ class GraphSet:
             self._has_stress = any(bool(g[K.STRESS_WEIGHT].sum() > 0) and bool(g[K.PBC].any()) for g in self.graphs)
         return self._has_stress
 
-    def has_energy_or_forces(self) -> bool:
-        return any(bool(g[K.ENERGY_WEIGHT].sum() + g[K.FORCES_WEIGHT].sum()) for g in self.graphs)
+    def coverage(self) -> Dict[str, Coverage]:
+        """How many structures carry each label (from the frames: no graph needed)."""
+        return coverage_of_frames(self.frames)
 
     @property
     def sources(self) -> List[str]:
@@ -165,8 +180,10 @@ class HDF5GraphSet:
     def num_atoms(self) -> int:
         return int(self._atoms.sum())
 
-    def has_energy_or_forces(self) -> bool:
-        return bool(np.any(self._energy | self._forces))
+    def coverage(self) -> Dict[str, Coverage]:
+        """How many structures carry each label (from the flags: no frame is read)."""
+        return coverage_from_flags({"energy": self._energy, "forces": self._forces, "stress": self._stress},
+                                   self._periodic, self.sources)
 
     def label_counts(self, idx: Sequence[int], weights: LossWeights) -> Dict[str, float]:
         """As GraphSet.label_counts, from the flags alone (no frame is read)."""

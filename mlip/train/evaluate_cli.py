@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--energy-unit", default=None,
                         help="energy unit of the labels (default eV; kcal/mol for .npz)")
     parser.add_argument("--length-unit", default="A", help="length unit of the positions (default A)")
+    parser.add_argument("--min-distance", type=float, default=0.1,
+                        help="two atoms closer than this (Angstrom) are an error naming them (default 0.1; 0: off)")
     parser.add_argument("--no-ema", action="store_true", help="use a checkpoint's raw weights, not its EMA")
     parser.add_argument("--no-plots", action="store_true", help="skip the parity plots")
 
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from mlip.data.hdf5 import HDF5Dataset
     from mlip.train.data import GraphSet, HDF5GraphSet, file_stem, is_hdf5_folder
     from mlip.train.evaluation import predict, write_outputs
+    from mlip.train.labels import format_coverage
     from mlip.train.metrics import format_table
     from mlip.train.trainer import resolve_device
 
@@ -67,12 +70,17 @@ def run(args: argparse.Namespace) -> int:
         if is_hdf5_folder(path):  # `mlip preprocess` output: read lazily, labels already in eV, A
             if args.index != ":":
                 raise InputError("--index selects frames of an ASE file; an HDF5 folder is evaluated whole", path)
-            gs = HDF5GraphSet(name, HDF5Dataset(path, type_names, r_max))
+            gs = HDF5GraphSet(name, HDF5Dataset(path, type_names, r_max, min_distance=args.min_distance))
         else:
             frames = read_frames(path, keys=keys, units=units, index=args.index)
-            gs = GraphSet(name, frames).build(type_names, r_max)
-        if not gs.has_energy_or_forces():
-            raise InputError("no energy or forces labels to compare with (see --energy-key/--forces-key)", path)
+            gs = GraphSet(name, frames)
+        coverage = gs.coverage()
+        print(f"{path}: {len(gs)} structures; labels {format_coverage(coverage)}")
+        if not coverage["energy"].labelled and not coverage["forces"].labelled:
+            raise InputError(f"no energy or forces labels to compare with (looked for '{keys.energy}' and "
+                             f"'{keys.forces}'; see --energy-key/--forces-key)", path)
+        if isinstance(gs, GraphSet):
+            gs.build(type_names, r_max, args.min_distance)
         pred = predict(model, gs.graphs, args.batch_size, device, gs.has_stress(), sources=gs.sources, keep=True)
         if args.no_plots:
             pred.energy = pred.forces = pred.stress = [[], []]  # nothing to plot

@@ -17,6 +17,7 @@ import torch
 
 from mlip.data import keys as K
 from mlip.data.graph import Graph
+from mlip.errors import NonFiniteError
 from mlip.train.data import iterate_batches
 from mlip.train.metrics import ErrorAccumulator
 
@@ -52,6 +53,7 @@ def predict(model: torch.nn.Module, graphs: Sequence[Graph], batch_size: int, de
         with torch.enable_grad():  # forces and stress are gradients
             out = model(batch, compute_forces=True, compute_stress=compute_stress, training=False)
         out = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in out.items()}
+        _check_finite(out, batch, idx, sources)
         acc.update(out, batch)
         if loss_fn is not None:
             loss, _ = loss_fn(out, batch)
@@ -104,22 +106,37 @@ def predict(model: torch.nn.Module, graphs: Sequence[Graph], batch_size: int, de
     return result
 
 
+def _check_finite(out: Dict[str, torch.Tensor], batch: Graph, idx: Sequence[int],
+                  sources: Optional[Sequence[str]]) -> None:
+    """Refuse NaN/inf predictions, naming the first structure that has one."""
+    bad = ~torch.isfinite(out[K.TOTAL_ENERGY].detach())
+    if K.FORCES in out:
+        per_atom = (~torch.isfinite(out[K.FORCES].detach())).any(dim=1).to(torch.long)
+        bad |= torch.zeros_like(bad, dtype=torch.long).index_add_(0, batch[K.BATCH], per_atom) > 0
+    if bool(bad.any()):
+        b = int(torch.nonzero(bad)[0])
+        name = sources[idx[b]] if sources is not None else f"structure {idx[b]}"
+        raise NonFiniteError(f"{name}: the model predicts a non-finite energy or forces for this structure "
+                             f"({int(bad.sum())} such in its batch); check the structure and the model")
+
+
 def write_outputs(pred: Predictions, out_dir: str, name: str) -> Dict[str, str]:
     """Per-structure CSV, metrics JSON and parity PNGs for one data set; returns what was written."""
+    from mlip.checkpoint import atomic_file
     from mlip.train.plots import parity_plot
 
     os.makedirs(out_dir, exist_ok=True)
     written: Dict[str, str] = {}
     csv_path = os.path.join(out_dir, f"{name}_per_structure.csv")
     if pred.rows:
-        with open(csv_path, "w", newline="") as fh:
+        with atomic_file(csv_path, "w") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(pred.rows[0]))
             writer.writeheader()
             for row in pred.rows:
                 writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
         written["csv"] = csv_path
     json_path = os.path.join(out_dir, f"{name}_metrics.json")
-    with open(json_path, "w") as fh:
+    with atomic_file(json_path, "w") as fh:
         json.dump({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in pred.metrics.items()},
                   fh, indent=1)
     written["metrics"] = json_path

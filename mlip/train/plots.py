@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -20,10 +19,11 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> None:
-    tmp = f"{path}.tmp.png"
+    from mlip.checkpoint import atomic_file
+
     # no bbox_inches="tight": it draws the figure twice, and the layout below already fits
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as fh:  # a failed write leaves no temporary file behind
+        fig.savefig(fh, dpi=110, format="png")
 
 
 def learning_curve(history: Sequence[Mapping[str, float]], path: str,

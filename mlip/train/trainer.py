@@ -32,8 +32,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 
-from mlip.checkpoint import FORMAT, model_record, save_model_file
-from mlip.errors import InputError
+from mlip.checkpoint import FORMAT, atomic_file, ensure_writable_dir, model_record, save_model_file
+from mlip.errors import InputError, StorageError, os_error_text
 from mlip.train import data as D
 from mlip.train import distributed as dist_utils
 from mlip.train import finetune as FT
@@ -41,6 +41,7 @@ from mlip.train.checkpoints import CheckpointDir, rng_state, seed_everything, se
 from mlip.train.config import MODEL_SECTION, dump_config
 from mlip.train.ema import EMA
 from mlip.train.evaluation import predict, write_outputs
+from mlip.train.labels import check_coverage, format_coverage, weighted_labels
 from mlip.train.loss import LossWeights, compute_loss, loss_sums
 from mlip.train.metrics import ErrorAccumulator, QUANTITIES, format_errors, format_table, weighted_metric
 from mlip.train.schedule import LRSchedule
@@ -87,8 +88,13 @@ class Logger:
             tqdm.write(text, file=sys.stdout)
             sys.stdout.flush()
         if self.path:
-            with open(self.path, "a") as fh:
-                fh.write(text + "\n")
+            try:
+                with open(self.path, "a") as fh:
+                    fh.write(text + "\n")
+            except OSError as exc:  # a full disk must not end the run over a log line
+                path, self.path = self.path, None
+                print(f"warning: {path}: cannot write ({os_error_text(exc)}); log lines go to the terminal only",
+                      file=sys.stderr)
 
 
 class WandbLogger:
@@ -127,7 +133,7 @@ class Trainer:
         # under torchrun: one process per GPU (or CPU share); rank 0 alone writes files
         self.dist, dist_device = dist_utils.setup(cfg["device"])
         self.is_main = self.dist.is_main
-        os.makedirs(self.run_dir, exist_ok=True)
+        ensure_writable_dir(self.run_dir)  # before any data is read
         self.log = Logger(os.path.join(self.run_dir, "log.txt") if self.is_main else None, echo and self.is_main)
         self.ckpts = CheckpointDir(os.path.join(self.run_dir, "checkpoints"), cfg["train"]["keep_checkpoints"])
         self.device = dist_device if dist_device is not None else resolve_device(cfg["device"])
@@ -166,14 +172,20 @@ class Trainer:
     # --- set-up -------------------------------------------------------------------------------
 
     def _load_resume(self) -> None:
-        """The newest checkpoint: found (and corrupt ones set aside) by rank 0, read by every rank."""
-        obj, path = self.ckpts.load_latest(self.log) if self.is_main else (None, None)
-        if self.dist.enabled:
-            path = dist_utils.broadcast_object(path, self.dist)
-            if not self.is_main and path is not None:
-                from mlip.checkpoint import load_file
+        """The newest checkpoint: found (and corrupt ones set aside) by rank 0, read by every rank.
+        A folder whose checkpoints are all unreadable is an error (see CheckpointDir.load_latest)."""
+        found: Dict[str, Any] = {}
 
-                obj = load_file(path)
+        def on_main() -> Optional[str]:
+            found["obj"], path = self.ckpts.load_latest(self.log)
+            return path
+
+        path = self._on_main(on_main)
+        obj = found.get("obj")
+        if path is not None and obj is None:
+            from mlip.checkpoint import load_file
+
+            obj = load_file(path)
         self._resume_obj, self._resume_path = obj, path
 
     def _on_main(self, fn: Callable[[], Any]) -> Any:
@@ -254,7 +266,7 @@ class Trainer:
         self.log(f"statistics: E0s ({self.stats.e0_method}) [eV] {e0}; energy scale (force RMS) "
                  f"{self.stats.energy_scale:.4g} eV/A; avg neighbours {self.stats.avg_num_neighbors:.4g}")
         if self.is_main:
-            with open(os.path.join(self.run_dir, "statistics.json"), "w") as fh:
+            with atomic_file(os.path.join(self.run_dir, "statistics.json"), "w") as fh:
                 json.dump(self.stats.to_dict(), fh, indent=1)
             dump_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
 
@@ -286,8 +298,11 @@ class Trainer:
             train_frames, valid_frames = [frames[i] for i in tr], [frames[i] for i in va]
         self.type_names = type_names = self._type_names(lambda: infer_type_names(train_frames + valid_frames))
         self.isolated = isolated
-        self.train_set = D.GraphSet("train", train_frames).build(type_names, r_max)
-        self.valid_set = D.GraphSet("valid", valid_frames).build(type_names, r_max)
+        self.train_set = D.GraphSet("train", train_frames)
+        self.valid_set = D.GraphSet("valid", valid_frames)
+        self._check_labels()  # before the neighbour lists, the costly part
+        self.train_set.build(type_names, r_max, dcfg["min_distance"])
+        self.valid_set.build(type_names, r_max, dcfg["min_distance"])
 
         def compute() -> Statistics:
             return compute_statistics(train_frames, self.train_set.graphs, type_names, dcfg["E0s"], isolated,
@@ -327,7 +342,8 @@ class Trainer:
 
         self.type_names = type_names = self._type_names(inferred)
         self.isolated = isolated
-        dataset = HDF5Dataset(train_path, type_names, r_max, torch.float64, skip_corrupt=dcfg["skip_corrupt"])
+        dataset = HDF5Dataset(train_path, type_names, r_max, torch.float64, skip_corrupt=dcfg["skip_corrupt"],
+                              min_distance=dcfg["min_distance"])
         if valid_path is None:
             tr, va = D.split_indices(len(dataset), dcfg["valid_fraction"], cfg["seed"])
             self.train_set = D.HDF5GraphSet("train", dataset, tr)
@@ -336,10 +352,14 @@ class Trainer:
             self.train_set = D.HDF5GraphSet("train", dataset)
             if valid_manifest is not None:
                 self.valid_set = D.HDF5GraphSet("valid", HDF5Dataset(valid_path, type_names, r_max, torch.float64,
-                                                                     skip_corrupt=dcfg["skip_corrupt"]))
+                                                                     skip_corrupt=dcfg["skip_corrupt"],
+                                                                     min_distance=dcfg["min_distance"]))
             else:
                 frames = split_isolated(D.read_config_file(cfg, dcfg["valid_file"]), r_max)[1]
-                self.valid_set = D.GraphSet("valid", frames).build(type_names, r_max)
+                self.valid_set = D.GraphSet("valid", frames)
+        self._check_labels()
+        if isinstance(self.valid_set, D.GraphSet):
+            self.valid_set.build(type_names, r_max, dcfg["min_distance"])
 
         @functools.lru_cache(maxsize=1)
         def sample(limit: int = 1000):
@@ -357,6 +377,18 @@ class Trainer:
             return stats
 
         return compute, lambda: sample()[0]
+
+    def _check_labels(self) -> None:
+        """Log which structures carry which labels; a label with a positive loss weight that a
+        split lacks is an error naming the key looked for (and the first structure without it)."""
+        cfg, dcfg = self.cfg, self.cfg["data"]
+        weights = weighted_labels(cfg["loss"], cfg["stage_two"])
+        splits = [("train", self.train_set, dcfg["train_file"]),
+                  ("validation", self.valid_set, dcfg["valid_file"] or dcfg["train_file"])]
+        coverage = [(name, s.coverage(), D.resolve_path(cfg, path)) for name, s, path in splits if len(s)]
+        self.log("labels: " + "; ".join(f"{name} {format_coverage(c)}" for name, c, _ in coverage))
+        for name, c, path in coverage:
+            check_coverage(name, c, weights, D.label_key_names(cfg, path), path, dcfg["allow_partial_labels"])
 
     def _finetune_statistics(self, train_frames, isolated, num_valid: int) -> Statistics:
         """E0s for the extended species list; scale and neighbour count of the foundation model."""
@@ -508,11 +540,21 @@ class Trainer:
             "statistics": self.stats.to_dict(),
         }
 
+    def _storage_error(self, exc: StorageError) -> StorageError:
+        """``exc`` plus what is still intact and how to go on."""
+        last = self.last_checkpoint or "(none yet)"
+        return StorageError(f"{exc}. Training stopped after step {self.global_step}; the last good checkpoint "
+                            f"{last} is intact: make room, then run the same `mlip train` command again to resume "
+                            "from it")
+
     def save_checkpoint(self) -> str:
         """Rank 0 writes; every rank must call this (the partial epoch metrics are gathered first)."""
         self._gather_epoch_metrics()
         if self.is_main:
-            self.last_checkpoint = self.ckpts.save(self.checkpoint_state(), self.global_step, self.epoch)
+            try:
+                self.last_checkpoint = self.ckpts.save(self.checkpoint_state(), self.global_step, self.epoch)
+            except StorageError as exc:
+                raise self._storage_error(exc) from None
         else:
             self.last_checkpoint = self.ckpts.path_for(self.global_step, self.epoch)
         return self.last_checkpoint
@@ -837,20 +879,27 @@ class Trainer:
     def _save_model_file(self, name: str, info: Mapping[str, Any]) -> str:
         path = os.path.join(self.run_dir, name)
         weights = self._eval_model().state_dict()
-        save_model_file(path, self._record(weights), {"statistics": self.stats.to_dict(), "training": dict(info)})
+        try:
+            save_model_file(path, self._record(weights), {"statistics": self.stats.to_dict(),
+                                                          "training": dict(info)})
+        except StorageError as exc:
+            raise self._storage_error(exc) from None
         return path
 
     def _write_csv(self) -> None:
-        path = os.path.join(self.run_dir, "metrics.csv")
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(HISTORY_COLUMNS)
-            for h in self.history:
-                writer.writerow(["" if isinstance(h.get(k), float) and math.isnan(h[k]) else
-                                 (f"{h[k]:.8g}" if isinstance(h.get(k), float) else h.get(k, ""))
-                                 for k in HISTORY_COLUMNS])
-        os.replace(tmp, path)
+        try:
+            with atomic_file(os.path.join(self.run_dir, "metrics.csv"), "w") as fh:
+                self._write_rows(fh)
+        except StorageError as exc:
+            raise self._storage_error(exc) from None
+
+    def _write_rows(self, fh) -> None:
+        writer = csv.writer(fh)
+        writer.writerow(HISTORY_COLUMNS)
+        for h in self.history:
+            writer.writerow(["" if isinstance(h.get(k), float) and math.isnan(h[k]) else
+                             (f"{h[k]:.8g}" if isinstance(h.get(k), float) else h.get(k, ""))
+                             for k in HISTORY_COLUMNS])
 
     def write_learning_curve(self) -> Optional[str]:
         from mlip.train.plots import learning_curve
@@ -876,7 +925,8 @@ class Trainer:
             sets.append(("valid", self.valid_set))
         for path in self.cfg["data"]["test_files"]:
             frames = D.read_config_file(self.cfg, path)
-            sets.append((D.file_stem(path), D.GraphSet(D.file_stem(path), frames).build(self.type_names, self.r_max)))
+            sets.append((D.file_stem(path), D.GraphSet(D.file_stem(path), frames).build(
+                self.type_names, self.r_max, self.cfg["data"]["min_distance"])))
         for name, gs in sets:
             pred = predict(model, gs.graphs, bs, self.device, gs.has_stress(), sources=gs.sources, keep=True)
             write_outputs(pred, out_dir, name)
