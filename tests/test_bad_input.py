@@ -245,6 +245,13 @@ def _bad_stress_size(ctx: Ctx) -> List[str]:
     return ["train", ctx.config(bad, loss={"stress_weight": 1.0})]
 
 
+def _broken_test_file(ctx: Ctx) -> List[str]:
+    frames = ctx.frames()
+    frames[6].positions[2, 0] = np.inf
+    test_file = ctx.xyz("test.extxyz", frames)
+    return ["train", ctx.config(ctx.xyz("d.extxyz", ctx.frames()), data={"test_files": [test_file]})]
+
+
 def _folder_without_manifest(ctx: Ctx) -> List[str]:
     folder = os.path.join(ctx.tmp, "shards")
     os.makedirs(folder)
@@ -370,6 +377,8 @@ CASES = [
     Case("npz-array-missing", _npz("no_numbers", "evaluate"), ["md17.npz, key 'nuclear_charges'", "not found"]),
     Case("extxyz-truncated-mid-frame", _truncated_xyz, ["cut.extxyz, frame 5", "cannot parse"]),
     Case("stress-of-wrong-size", _bad_stress_size, ["stress.extxyz, frame 4, key 'stress'"]),
+    Case("broken-test-file-before-training", _broken_test_file, ["test.extxyz, frame 6, key 'positions'"],
+         stdout_lacks=["epoch "]),
     Case("folder-without-manifest", _folder_without_manifest, ["shards", "manifest.json", "mlip preprocess"],
          forbidden=["BundleTrajectory"]),
     Case("missing-train-file", _missing_train_file, ["nowhere.extxyz", "not found"]),

@@ -244,6 +244,10 @@ class Trainer:
             compute, finetune_frames = self._setup_hdf5_data(isolated)
         else:
             compute, finetune_frames = self._setup_file_data(isolated)
+        for path in dcfg["test_files"]:
+            # parsed now (and dropped), so that a broken test file is reported before training,
+            # not after it; scored at the end (final_evaluation)
+            D.read_config_file(cfg, path)
         self.log(f"data: {D.data_summary({'train': self.train_set, 'valid': self.valid_set})}; "
                  f"species {self.type_names}; r_max {r_max} A")
         if self._resume_obj is not None:
