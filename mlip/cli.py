@@ -11,7 +11,7 @@ import importlib.util
 import sys
 from typing import List, Optional
 
-from mlip.errors import MLIPError, describe_os_error, os_error_text
+from mlip.errors import STORAGE_ERRNOS, MLIPError, describe_os_error, os_error_text
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -52,7 +52,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (OSError, RuntimeError) as exc:
         # a full disk or a read-only folder met where no code expected it: still one line
         os_error = describe_os_error(exc)
-        if os_error is None:
+        if os_error is None or (not isinstance(exc, OSError) and os_error.errno not in STORAGE_ERRNOS):
             raise
         where = f"{os_error.filename}: " if os_error.filename else ""
         print(f"mlip {args.command}: error: {where}{os_error_text(os_error)}", file=sys.stderr)

@@ -58,6 +58,10 @@ class NonFiniteError(MLIPError, FloatingPointError):
     exit_code = 1
 
 
+# what a failed write of a run's files looks like (wrapped by torch in a RuntimeError, say)
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+
 def describe_os_error(exc: BaseException) -> Optional[OSError]:
     """The :class:`OSError` behind ``exc`` (itself, or in its chain of causes), else None.
 

@@ -275,6 +275,13 @@ def _output_dir_is_file(ctx: Ctx) -> List[str]:
     return ["train", config]
 
 
+def _evaluate_into_a_file(ctx: Ctx) -> List[str]:
+    target = os.path.join(ctx.tmp, "results")
+    with open(target, "w") as fh:
+        fh.write("keep me\n")
+    return ["evaluate", ctx.trained["model"], ctx.trained["train_file"], "-o", target]
+
+
 def _read_only(monkeypatch) -> None:
     real = tempfile.mkstemp
 
@@ -386,6 +393,8 @@ CASES = [
     # the output folder (item 6), checked before any data is read
     Case("output-dir-is-a-file", _output_dir_is_file, ["fresh_run, key 'output_dir'", "is a file"],
          subprocess=True, stdout_lacks=["labels:"]),
+    Case("evaluate-output-is-a-file", _evaluate_into_a_file, ["results, key '--output-dir'", "is a file"],
+         stdout_lacks=["labels"]),
     Case("output-dir-read-only", _output_dir_read_only, ["key 'output_dir'", "cannot write there",
                                                          "Read-only file system"],
          patch=_read_only, stdout_lacks=["labels:"]),
@@ -598,3 +607,29 @@ def test_partial_labels_train_when_allowed_and_coverage_is_reported(tmp_path, ca
     assert main(["train", config]) == 0
     out = capsys.readouterr().out
     assert "labels: train energy 7/8, forces 8/8, stress 8/8" in out
+
+
+def test_cli_reports_an_unforeseen_storage_error_in_one_line(trained, tmp_path, monkeypatch, capsys):
+    """A write that no code guarded (here: evaluate's outputs) still ends in one line, exit 1;
+    a RuntimeError unrelated to storage is not disguised as one."""
+    import mlip.train.evaluation as evaluation
+
+    def disk_full(*args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "somewhere/metrics.json")
+        except OSError:
+            raise RuntimeError("writer failed")  # torch-style wrapping: the OSError is the context
+
+    monkeypatch.setattr(evaluation, "write_outputs", disk_full)
+    args = ["evaluate", trained["model"], trained["train_file"], "-o", str(tmp_path / "eval")]
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "mlip evaluate: error: somewhere/metrics.json: No space left on device (free disk space)"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug, not a disk")
+
+    monkeypatch.setattr(evaluation, "write_outputs", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(args)

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlip.checkpoint import build_from_record, load_file
+    from mlip.checkpoint import build_from_record, ensure_writable_dir, load_file
     from mlip.data.frames import LabelKeys, Units, read_frames
     from mlip.data.hdf5 import HDF5Dataset
     from mlip.train.data import GraphSet, HDF5GraphSet, file_stem, is_hdf5_folder
@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     model.eval()
     type_names, r_max = list(record["type_names"]), float(model.r_max)
     out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.model)), "evaluate")
+    ensure_writable_dir(out_dir, key="--output-dir")  # before any structure is read or scored
     keys = LabelKeys(energy=args.energy_key, forces=args.forces_key, stress=args.stress_key)
     rows = {}
     written = []

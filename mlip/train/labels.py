@@ -53,7 +53,9 @@ def format_coverage(coverage: Mapping[str, Coverage]) -> str:
     parts = []
     for name, c in coverage.items():
         part = f"{name} {c.labelled}/{c.eligible}"
-        if c.eligible != c.total:
+        if c.eligible == 0:
+            part = f"{name} - (no periodic structures)"
+        elif c.eligible != c.total:
             part += " periodic"
         parts.append(part)
     return ", ".join(parts)
