@@ -151,6 +151,21 @@ def _what_the_file_is(path: str, exc: Exception) -> str:
     return "neither a torch zip archive nor a pickle (random or foreign bytes)"
 
 
+def record_of(obj: Mapping[str, Any], ema: bool = True) -> Dict[str, Any]:
+    """The model record of a loaded file (:func:`load_file`): config, type_names, dtype and
+    state_dict, the EMA weights as state_dict when ``ema`` and the file has them."""
+    record = dict(obj["model"])
+    record["config"] = dict(record["config"])
+    if ema and obj.get("ema_state_dict") is not None:
+        record["state_dict"] = obj["ema_state_dict"]
+    return record
+
+
+def load_record(path: str, ema: bool = True) -> Dict[str, Any]:
+    """The model record of a model file or training checkpoint (see :func:`record_of`)."""
+    return record_of(load_file(path), ema)
+
+
 def save_model_file(path: str, record: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> None:
     """Save a model record (plus any training state in ``extra``) atomically."""
     obj = {"format": FORMAT, "model": record}
@@ -174,8 +189,4 @@ def build_from_record(record: Mapping[str, Any], dtype: Optional[str] = None, de
 
 def load_model(path: str, device: str = "cpu", dtype: Optional[str] = None, use_ema: bool = True):
     """Load the model of a checkpoint or model file; EMA weights are preferred when present."""
-    obj = load_file(path)
-    record = dict(obj["model"])
-    if use_ema and obj.get("ema_state_dict") is not None:
-        record["state_dict"] = obj["ema_state_dict"]
-    return build_from_record(record, dtype=dtype, device=device)
+    return build_from_record(load_record(path, use_ema), dtype=dtype, device=device)

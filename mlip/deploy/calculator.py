@@ -74,12 +74,9 @@ def load_any(spec: ModelSpec, device: str = "cpu", dtype: Optional[str] = None, 
                              f"`mlip export --dtype {dtype}` to run it in {dtype}", path)
         return LoadedModel(module, meta["r_max"], meta["type_names"], meta["model_dtype"], path, meta)
     # a checkpoint or model file (raises InputError if it is neither)
-    from mlip.checkpoint import build_from_record, load_file
+    from mlip.checkpoint import build_from_record, load_record
 
-    obj = load_file(path)
-    record = dict(obj["model"])
-    if use_ema and obj.get("ema_state_dict") is not None:
-        record["state_dict"] = obj["ema_state_dict"]
+    record = load_record(path, use_ema)
     model_dtype = dtype or str(record.get("dtype", "float32"))
     try:
         # message backend "auto": fused kernels for the device (C++ on CPU, Triton on GPU)

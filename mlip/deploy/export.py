@@ -191,7 +191,7 @@ def export_model(checkpoint: str, output: str, dtype: Optional[str] = None, use_
     dtype it was trained in. EMA weights are used when present unless ``use_ema`` is False.
     Returns the metadata written.
     """
-    from mlip.checkpoint import build_from_record, load_file
+    from mlip.checkpoint import build_from_record, load_record
     from mlip.errors import InputError
 
     if not output.endswith(EXTENSION):
@@ -202,10 +202,7 @@ def export_model(checkpoint: str, output: str, dtype: Optional[str] = None, use_
     if os.path.exists(checkpoint) and is_torchscript_file(checkpoint):
         raise InputError("this is an exported TorchScript model, not a checkpoint; export from the "
                          "checkpoint or model file written by training", checkpoint)
-    obj = load_file(checkpoint)
-    record = dict(obj["model"])
-    if use_ema and obj.get("ema_state_dict") is not None:
-        record["state_dict"] = obj["ema_state_dict"]
+    record = load_record(checkpoint, use_ema)
     dtype = dtype or str(record.get("dtype", "float32"))
     try:
         potential = build_from_record(record, dtype=dtype, device="cpu", message_backend="torch")

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlip.checkpoint import build_from_record, ensure_writable_dir, load_file
+    from mlip.checkpoint import build_from_record, ensure_writable_dir, load_record
     from mlip.data.frames import LabelKeys, Units, read_frames
     from mlip.data.hdf5 import HDF5Dataset
     from mlip.train.data import GraphSet, HDF5GraphSet, file_stem, is_hdf5_folder
@@ -50,10 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
-    obj = load_file(args.model)
-    record = dict(obj["model"])
-    if not args.no_ema and obj.get("ema_state_dict") is not None:
-        record["state_dict"] = obj["ema_state_dict"]
+    record = load_record(args.model, ema=not args.no_ema)
     model = build_from_record(record, dtype=args.dtype, device=str(device))
     model.eval()
     type_names, r_max = list(record["type_names"]), float(model.r_max)

@@ -45,13 +45,10 @@ STAT_BUFFERS = ("scale_shift.scales", "scale_shift.shifts")
 
 def load_foundation(path: str) -> Dict[str, Any]:
     """The model record of a model file or checkpoint (EMA weights when present)."""
-    from mlip.checkpoint import load_file
+    from mlip.checkpoint import load_file, record_of
 
     obj = load_file(path)
-    record = dict(obj["model"])
-    if obj.get("ema_state_dict") is not None:
-        record["state_dict"] = obj["ema_state_dict"]
-    record["config"] = dict(record["config"])
+    record = record_of(obj, ema=True)
     record["statistics"] = obj.get("statistics")
     return record
 
