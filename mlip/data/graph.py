@@ -107,10 +107,12 @@ def collate(graphs: Sequence[Graph]) -> Graph:
 
 def to_device(graph: Mapping[str, torch.Tensor], device: torch.device | str,
               dtype: Optional[torch.dtype] = None) -> Graph:
-    """Move a graph to ``device``; floating tensors are cast to ``dtype`` when given."""
+    """Move a graph (or batch) to ``device``; floating tensors are cast to ``dtype`` when given,
+    except the reference energy, which stays float64: total energies exceed float32's meV
+    resolution."""
     out = {}
     for key, value in graph.items():
-        if dtype is not None and value.is_floating_point():
+        if dtype is not None and value.is_floating_point() and key != K.REF_ENERGY:
             value = value.to(dtype)
         out[key] = value.to(device, non_blocking=True)
     return out

@@ -16,7 +16,7 @@ import torch
 
 from mlip.data import keys as K
 from mlip.data.frames import Frame, LabelKeys, NpzKeys, Units, read_frames
-from mlip.data.graph import Graph, TypeMapper, collate, frame_to_graph
+from mlip.data.graph import Graph, TypeMapper, collate, frame_to_graph, to_device
 from mlip.data.hdf5 import MANIFEST, HDF5Dataset
 from mlip.data.neighbors import MIN_DISTANCE
 from mlip.errors import InputError
@@ -213,16 +213,6 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> List[int]:
 
 def batch_indices(order: Sequence[int], batch_size: int) -> List[List[int]]:
     return [list(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
-
-
-def to_device(batch: Graph, device: torch.device, dtype: torch.dtype) -> Graph:
-    """Move a collated batch to ``device``; float tensors become ``dtype`` except the reference energy."""
-    out: Graph = {}
-    for key, value in batch.items():
-        if value.is_floating_point() and key != K.REF_ENERGY:
-            value = value.to(dtype)
-        out[key] = value.to(device)
-    return out
 
 
 def collated_batches(graphs: Sequence[Graph], index_batches: Sequence[Sequence[int]],
