@@ -74,7 +74,7 @@ def test_split_by_index_and_sampled_neighbour_count(data):
     run = _train(raw)
     assert (run["statistics"]["num_train"], run["statistics"]["num_valid"]) == (2, 1)
     log = open(os.path.join(data, "h5_split", "log.txt")).read()
-    assert "neighbour count from 2 sampled structures" in log
+    assert "neighbour count from 2 sampled training structures" in log
     assert "train 2 structures" in log and "valid 1 structures" in log
     # the validation structure's per-structure output names its shard and frame
     csvs = glob.glob(os.path.join(data, "h5_split", "test", "valid*.csv"))
@@ -131,3 +131,29 @@ def test_finetune_on_an_hdf5_folder(data, in_memory_run, tmp_path):
     assert run["statistics"]["e0s"] == pytest.approx(in_memory_run["statistics"]["e0s"], rel=1e-12)
     assert run["global_step"] == 1
     assert "fine-tuning" in open(os.path.join(tmp_path, "ft", "log.txt")).read()
+
+
+def test_split_folder_statistics_come_from_the_training_split_only(data):
+    """Validation frames split off a folder must not enter E0s or the energy scale (the
+    manifest's numbers cover every frame of the folder, the validation ones too)."""
+    from mlip.data.hdf5 import HDF5Dataset, read_manifest
+    from mlip.train.data import split_indices
+    from mlip.train.statistics import compute_statistics
+
+    raw = _config(data, "h5_split_stats", str(data / "train_h5"))
+    raw["data"]["valid_fraction"] = 0.3
+    run = _train(raw)
+    stats = run["statistics"]
+    dataset = HDF5Dataset(str(data / "train_h5"), ["C", "Si"], TINY_MODEL["r_max"])
+    train_idx, valid_idx = split_indices(len(dataset), 0.3, raw["seed"])
+    assert (stats["num_train"], stats["num_valid"]) == (len(train_idx), len(valid_idx))
+    frames = [dataset.read_frame(i) for i in train_idx]
+    want = compute_statistics(frames, [dataset[i] for i in train_idx], ["C", "Si"], "least_squares")
+    np.testing.assert_allclose(stats["e0s"], want.e0s, rtol=1e-9, atol=1e-9)
+    assert stats["energy_scale"] == pytest.approx(want.energy_scale, rel=1e-12)
+    assert stats["avg_num_neighbors"] == pytest.approx(want.avg_num_neighbors, rel=1e-12)
+    # the whole folder's numbers differ: the check above can tell them apart
+    manifest = read_manifest(str(data / "train_h5"))["statistics"]
+    assert abs(manifest["force_rms"] - want.energy_scale) > 1e-6
+    log = open(os.path.join(data, "h5_split_stats", "log.txt")).read()
+    assert f"from {len(train_idx)} sampled training structures" in log

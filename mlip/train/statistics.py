@@ -196,15 +196,25 @@ def compute_statistics(train_frames: Sequence[Frame], train_graphs: Sequence[Map
 def statistics_from_manifest(manifest: Mapping[str, Any], type_names: Sequence[str],
                              e0_spec: Union[str, Mapping[str, float]], isolated: Sequence[Frame],
                              sample: Callable[[], Tuple[Sequence[Frame], Sequence[Mapping[str, Any]]]],
-                             r_max: float, num_train: int, num_valid: int) -> Tuple[Statistics, str]:
+                             r_max: float, num_train: int, num_valid: int,
+                             whole_folder_is_training: bool = True) -> Tuple[Statistics, str]:
     """Statistics of a preprocessed HDF5 folder without a pass over its frames.
 
     E0s (least squares) and the force RMS come from the streaming pass of ``mlip preprocess``
     (recorded in manifest.json; they cover every frame of the folder). The neighbour count comes
     from the manifest when its graphs were built with this ``r_max``. What the manifest lacks comes
     from ``sample()``: (frames, graphs) of a sample of training structures, called only then.
+    When the validation split is taken out of the same folder (``whole_folder_is_training``
+    False) the manifest's numbers would include it, so everything comes from the sample, computed
+    as for an in-memory file (:func:`compute_statistics`).
     Returns the statistics and a sentence saying where each number came from.
     """
+    if not whole_folder_is_training:
+        frames, graphs = sample()
+        stats_ = compute_statistics(frames, graphs, type_names, e0_spec, isolated, num_valid)
+        stats_.num_train = int(num_train)
+        return stats_, (f"E0s, energy scale and neighbour count from {len(frames)} sampled training structures "
+                        "(the manifest's cover the validation split too)")
     stats = manifest.get("statistics") or {}
     notes = []
     if isinstance(e0_spec, Mapping):

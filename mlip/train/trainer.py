@@ -376,7 +376,8 @@ class Trainer:
 
         def compute() -> Statistics:
             stats, where = statistics_from_manifest(manifest, type_names, dcfg["E0s"], isolated, sample, r_max,
-                                                    num_train=len(self.train_set), num_valid=len(self.valid_set))
+                                                    num_train=len(self.train_set), num_valid=len(self.valid_set),
+                                                    whole_folder_is_training=valid_path is not None)
             self.log(f"statistics of {train_path}: {where}")
             return stats
 
