@@ -36,8 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train for this many wall-clock minutes instead of the full schedule")
     p.add_argument("--data-root", default=os.path.join(REPO, "..", "shared", "data"),
                    help="folder holding 3bpa/ and rmd17/ (default: ../shared/data)")
-    p.add_argument("--architecture", choices=["nequip", "mace"], default=None,
-                   help="model family (default: the config's)")
+    p.add_argument("--architecture", default=None,
+                   help="model family, a registered architecture such as nequip or mace (default: the "
+                        "config's; an unknown name is reported with the available ones)")
     p.add_argument("--output-dir", default=None, help="run directory (default: runs/benchmark_NAME[_budgetM])")
     p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                    help="extra config overrides, as for mlip train")
@@ -76,6 +77,7 @@ def comparison_table(name: str, results: Dict[str, Dict[str, float]], budget) ->
 
 
 def run(args) -> int:
+    from mlip.nn.build import DEFAULT_ARCHITECTURE
     from mlip.train.trainer import train
 
     cfg = build_config(args)
@@ -86,7 +88,7 @@ def run(args) -> int:
     print()
     print(table)
     summary = {"benchmark": args.name, "budget_minutes": args.budget, "wall_minutes": round(minutes, 2),
-               "architecture": cfg["model"].get("architecture", "nequip"), "results": out["results"],
+               "architecture": cfg["model"].get("architecture", DEFAULT_ARCHITECTURE), "results": out["results"],
                "published": {k: {m: list(v) for m, v in d.items()} for k, d in PUBLISHED[args.name].items()},
                "run_dir": out["run_dir"], "config": cfg}
     with open(os.path.join(out["run_dir"], "benchmark.json"), "w") as fh:

@@ -177,10 +177,11 @@ def save_model_file(path: str, record: Dict[str, Any], extra: Optional[Dict[str,
 def build_from_record(record: Mapping[str, Any], dtype: Optional[str] = None, device: str = "cpu",
                       message_backend: Optional[str] = None):
     """Rebuild the :class:`~mlip.nn.Potential` of a model record, optionally in another dtype."""
-    from mlip.nn import build_model
+    from mlip.nn.build import DEFAULT_ARCHITECTURE, build_model, get_architecture
 
     config = dict(record["config"])
-    if message_backend is not None and config.get("architecture", "nequip") in ("nequip", "mace"):
+    architecture = get_architecture(config.get("architecture", DEFAULT_ARCHITECTURE))
+    if message_backend is not None and "message_backend" in architecture.hyperparameters():
         config["message_backend"] = message_backend
     model = build_model(config, record["type_names"], dtype or record["dtype"])
     model.load_state_dict(record["state_dict"])

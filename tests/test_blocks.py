@@ -156,3 +156,20 @@ def test_embedding_self_connection_is_a_species_linear_map():
                        irreps_in=[sc.irreps_in], irreps_out=[sc.irreps_out])
     with pytest.raises(ValueError, match="species embedding"):
         sc(x, types)
+
+
+def test_architecture_registry_knows_each_family_and_its_keys():
+    """One registry: builders, accepted model keys and capabilities come from it."""
+    from mlip.nn.build import ARCHITECTURES, get_architecture, load_architectures
+    from mlip.nn.mace import MACEModel
+    from mlip.nn.nequip import NequIPModel
+
+    load_architectures()
+    assert {"nequip", "mace"} <= set(ARCHITECTURES)
+    assert get_architecture("nequip").model_class is NequIPModel and get_architecture("nequip").supports_compile
+    assert get_architecture("mace").model_class is MACEModel and not get_architecture("mace").supports_compile
+    assert "num_interactions" in get_architecture("mace").hyperparameters()
+    assert "num_layers" in get_architecture("nequip").hyperparameters()
+    assert "num_types" not in get_architecture("nequip").hyperparameters()
+    with pytest.raises(ValueError, match=r"unknown architecture 'allegro'; available: \['mace', 'nequip'"):
+        get_architecture("allegro")

@@ -129,7 +129,7 @@ def test_train_compile_refuses_mace(tmp_path):
 
     raw = tiny_config(tmp_path, write_frames(str(tmp_path / "d.extxyz"), 4), train={"compile": True})
     raw["model"] = dict(MACE_TINY)
-    with pytest.raises(InputError, match="train.compile.*NequIP models only"):
+    with pytest.raises(InputError, match=r"train.compile.*not supported for architecture 'mace' \(supported: nequip\)"):
         train(validate(raw), echo=False)
 
 

@@ -177,9 +177,9 @@ def test_bad_inputs_give_one_line_errors(files, tmp_path, capsys):
 def test_mace_export_equals_python_model(tmp_path):
     from mlip.checkpoint import load_model
     from mlip.deploy.export import export_model
-    from mlip.nn.build import ARCHITECTURES, _load_optional_architectures
+    from mlip.nn.build import ARCHITECTURES, load_architectures
 
-    _load_optional_architectures()
+    load_architectures()
     if "mace" not in ARCHITECTURES:
         pytest.skip("MACE architecture not available")
     config = dict(architecture="mace", r_max=3.5, num_interactions=2, channels=4, max_L=1, l_max=2, correlation=2,

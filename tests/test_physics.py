@@ -10,12 +10,12 @@ from scipy.spatial.transform import Rotation
 from mlip.data import collate, frame_to_graph, frames_from_atoms_list, TypeMapper
 from mlip.data import keys as K
 from mlip.nn import build_model
-from mlip.nn.build import ARCHITECTURES, _load_optional_architectures
+from mlip.nn.build import ARCHITECTURES, load_architectures
 
 TYPES = ["H", "C", "O"]
 R_MAX = 3.0
 
-_load_optional_architectures()
+load_architectures()
 CONFIGS = {
     "nequip-o3": dict(architecture="nequip", num_layers=2, channels=6, l_max=2, parity=True, r_max=R_MAX),
     "nequip-so3-l3": dict(architecture="nequip", num_layers=2, channels=4, l_max=3, parity=False, r_max=R_MAX),

@@ -1,32 +1,67 @@
-"""Build a :class:`Potential` from a plain config dict; architectures register themselves here."""
+"""Build a :class:`Potential` from a plain config dict; architectures register themselves here.
+
+The registry is the one place that knows the model families: config checks, checkpoints,
+fine-tuning, compilation and the CLI ask it (:func:`get_architecture`) instead of naming them.
+"""
 
 import contextlib
-from typing import Any, Callable, Dict, List, Mapping, Union
+import inspect
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Tuple, Union
 
 import torch
 
 from mlip.nn.potential import Potential
 
-ARCHITECTURES: Dict[str, Callable[..., torch.nn.Module]] = {}
+DEFAULT_ARCHITECTURE = "nequip"  # what a model section without ``architecture`` means
 
 
-def register_architecture(name: str):
-    def deco(builder):
-        ARCHITECTURES[name] = builder
-        return builder
+@dataclass(frozen=True)
+class Architecture:
+    """One model family: the energy-model class and what the rest of mlip may do with it.
+
+    The class's ``__init__`` takes ``num_types`` and keyword hyperparameters; those keywords are
+    the architecture's model-config keys.
+    """
+
+    name: str
+    model_class: type
+    supports_compile: bool = False   # one traced graph for train.compile / CompiledPotential
+
+    def build(self, num_types: int, **hyperparameters: Any) -> torch.nn.Module:
+        return self.model_class(num_types=num_types, **hyperparameters)
+
+    def hyperparameters(self) -> Tuple[str, ...]:
+        """The model-config keys this architecture accepts (besides ``architecture``)."""
+        names = inspect.signature(self.model_class.__init__).parameters
+        return tuple(n for n in names if n not in ("self", "num_types"))
+
+
+ARCHITECTURES: Dict[str, Architecture] = {}
+
+
+def register_architecture(name: str, supports_compile: bool = False):
+    """Class decorator: register an energy-model class as the architecture ``name``."""
+    def deco(cls):
+        ARCHITECTURES[name] = Architecture(name, cls, supports_compile)
+        return cls
     return deco
 
 
-@register_architecture("nequip")
-def _build_nequip(num_types: int, **hp) -> torch.nn.Module:
-    from mlip.nn.nequip import NequIPModel
-    return NequIPModel(num_types=num_types, **hp)
+def load_architectures() -> None:
+    """Import the modules that register the shipped architectures (each registers on import)."""
+    import mlip.nn.nequip  # noqa: F401
 
-
-def _load_optional_architectures() -> None:
-    # MACE lives in its own module; importing it registers "mace"
     with contextlib.suppress(ImportError):
         import mlip.nn.mace  # noqa: F401
+
+
+def get_architecture(name: str) -> Architecture:
+    """The registered architecture ``name``; ValueError naming the available ones otherwise."""
+    load_architectures()
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture '{name}'; available: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
 
 
 @contextlib.contextmanager
@@ -47,13 +82,10 @@ def build_model(model_config: Mapping[str, Any], type_names: List[str], dtype: U
     """``model_config`` holds ``architecture`` (default "nequip") and that architecture's
     hyperparameters, including ``r_max`` (Angstrom). Parameters are created in ``dtype``;
     per-species energy shifts stay float64 (isolated-atom energies need the precision)."""
-    _load_optional_architectures()
     cfg = dict(model_config)
-    arch = cfg.pop("architecture", "nequip")
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture '{arch}'; available: {sorted(ARCHITECTURES)}")
+    arch = get_architecture(cfg.pop("architecture", DEFAULT_ARCHITECTURE))
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
     with default_dtype(dtype):
-        energy_model = ARCHITECTURES[arch](num_types=len(type_names), **cfg)
+        energy_model = arch.build(len(type_names), **cfg)
     return Potential(energy_model, type_names, float(cfg.get("r_max", 5.0)))

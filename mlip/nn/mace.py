@@ -99,6 +99,9 @@ class MACELayer(nn.Module):
         return h, self.readout(h[:, 0, :])
 
 
+# not compilable: it groups atoms by species with data-dependent sizes, which one traced graph
+# cannot hold
+@register_architecture("mace")
 class MACEModel(nn.Module):
     """Per-atom energies of a MACE network.
 
@@ -155,8 +158,3 @@ class MACEModel(nn.Module):
             energy = energy + e
         data[K.ATOMIC_ENERGY] = self.scale_shift(energy, atom_types)
         return data
-
-
-@register_architecture("mace")
-def _build_mace(num_types: int, **hp) -> torch.nn.Module:
-    return MACEModel(num_types=num_types, **hp)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mlip.data import keys as K
+from mlip.nn.build import register_architecture
 from mlip.nn.edges import EdgeEmbedding
 from mlip.nn.interaction import NequIPInteraction
 from mlip.nn.irreps import hidden_irreps, sh_irreps
@@ -29,6 +30,7 @@ class SpeciesEmbedding(nn.Module):
         return self.weight[atom_types].unsqueeze(1)
 
 
+@register_architecture("nequip", supports_compile=True)
 class NequIPModel(nn.Module):
     """Per-atom energies of a NequIP-style equivariant message-passing network.
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from mlip.errors import InputError
+from mlip.nn.build import DEFAULT_ARCHITECTURE
 
 # model-config keys that only choose how the same function is computed: may differ from the foundation
 RUNTIME_MODEL_KEYS = ("message_backend",)
@@ -60,7 +61,7 @@ def check_model_section(user_model: Mapping[str, Any], foundation_config: Mappin
     for key, value in user_model.items():
         if key in RUNTIME_MODEL_KEYS:
             config[key] = value
-        elif key not in foundation_config and key == "architecture" and value == "nequip":
+        elif key not in foundation_config and key == "architecture" and value == DEFAULT_ARCHITECTURE:
             continue
         elif foundation_config.get(key) != value:
             conflicts.append(f"model.{key}: {value!r} (foundation: {foundation_config.get(key)!r})")

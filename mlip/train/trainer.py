@@ -34,6 +34,7 @@ import torch
 
 from mlip.checkpoint import FORMAT, atomic_file, ensure_writable_dir, model_record, save_model_file
 from mlip.errors import InputError, StorageError, os_error_text
+from mlip.nn.build import ARCHITECTURES, DEFAULT_ARCHITECTURE, get_architecture
 from mlip.train import data as D
 from mlip.train import distributed as dist_utils
 from mlip.train import finetune as FT
@@ -458,7 +459,7 @@ class Trainer:
             self.log(f"fine-tuning: {len(frozen)} parameter tensors frozen ({', '.join(frozen)})")
         self.model = model.to(self.device)
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.log(f"model: {self.model_config.get('architecture', 'nequip')}, {n_params} trained parameters, "
+        self.log(f"model: {self.model_config.get('architecture', DEFAULT_ARCHITECTURE)}, {n_params} trained parameters, "
                  f"{self.cfg['dtype']}, device {self.device}")
         if self.device.type == "cpu":
             # build (first use on this machine, ~10 s) or load the fused CPU kernels now, before any
@@ -470,9 +471,11 @@ class Trainer:
         self.train_model: Callable[..., Dict[str, torch.Tensor]] = self.model
         self.sync_gradients = False  # True: all-reduce gradients by hand (compiled step under torchrun)
         if self.cfg["train"]["compile"]:
-            if self.model_config.get("architecture", "nequip") != "nequip":
-                raise InputError("supported for NequIP models only (MACE groups atoms by species with "
-                                 "data-dependent sizes, which one traced graph cannot hold)", key="train.compile")
+            arch = get_architecture(self.model_config.get("architecture", DEFAULT_ARCHITECTURE))
+            if not arch.supports_compile:
+                able = sorted(a.name for a in ARCHITECTURES.values() if a.supports_compile)
+                raise InputError(f"not supported for architecture '{arch.name}' (supported: {', '.join(able)}); "
+                                 "its forward pass cannot be traced into one graph", key="train.compile")
             from mlip.nn.compiled import CompiledPotential
 
             backend = os.environ.get("MLIP_COMPILE_BACKEND", "inductor")
@@ -952,7 +955,7 @@ def model_config_error(exc: Exception, model_config: Mapping[str, Any]) -> Input
     m = re.search(r"unexpected keyword argument '(\w+)'", text)
     if m:
         key = m.group(1)
-        known = _architecture_keys(model_config.get("architecture", "nequip"))
+        known = _architecture_keys(model_config.get("architecture", DEFAULT_ARCHITECTURE))
         import difflib
 
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
@@ -965,24 +968,13 @@ def model_config_error(exc: Exception, model_config: Mapping[str, Any]) -> Input
 
 
 def _architecture_keys(arch: str) -> List[str]:
-    """Hyperparameter names an architecture accepts (from its model class signature)."""
-    import importlib
-    import inspect
+    """The model-config keys an architecture accepts ([] for an unknown one)."""
+    from mlip.nn.build import get_architecture
 
-    candidates = {"nequip": ("mlip.nn.nequip", "NequIPModel"), "mace": ("mlip.nn.mace", "MACEModel")}
-    module_name, cls_name = candidates.get(arch, (f"mlip.nn.{arch}", ""))
     try:
-        module = importlib.import_module(module_name)
-    except ImportError:
+        return ["architecture", *get_architecture(arch).hyperparameters()]
+    except ValueError:
         return []
-    classes = [getattr(module, cls_name)] if cls_name and hasattr(module, cls_name) else []
-    if not classes:
-        classes = [c for c in vars(module).values() if inspect.isclass(c) and issubclass(c, torch.nn.Module)
-                   and "num_types" in inspect.signature(c.__init__).parameters]
-    keys: List[str] = ["architecture"]
-    for c in classes:
-        keys += [p for p in inspect.signature(c.__init__).parameters if p not in ("self", "num_types")]
-    return keys
 
 
 def reduce_accumulator(acc: ErrorAccumulator, info: "dist_utils.DistInfo", keep: bool) -> ErrorAccumulator:
