@@ -13,21 +13,10 @@ from torch import nn
 from mlip.data import keys as K
 from mlip.nn.build import register_architecture
 from mlip.nn.edges import EdgeEmbedding
+from mlip.nn.embedding import SpeciesEmbedding
 from mlip.nn.interaction import NequIPInteraction
 from mlip.nn.irreps import hidden_irreps, sh_irreps
 from mlip.nn.readout import ScalarReadout, ScaleShift
-
-
-class SpeciesEmbedding(nn.Module):
-    """Type index -> C even scalars (a learned vector per species), shaped [N, 1, C]."""
-
-    def __init__(self, num_types: int, channels: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(num_types, channels))
-        self.irreps_out = f"{channels}x0e"
-
-    def forward(self, atom_types: torch.Tensor) -> torch.Tensor:
-        return self.weight[atom_types].unsqueeze(1)
 
 
 @register_architecture("nequip", supports_compile=True)
