@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mlip.nn.irreps import hidden_irreps, sh_irreps  # noqa: E402
+from mlip.irreps import hidden_irreps, sh_irreps  # noqa: E402
 from mlip.ops.message import message_reference  # noqa: E402
 from mlip.ops.tensor_product import TensorProductSpec, reachable_irreps  # noqa: E402
 
@@ -62,7 +62,7 @@ def e3nn_message(spec: TensorProductSpec, channels: int, device, dtype):
     Works in e3nn's flat [*, C*D] layout (conversion is outside the timed region)."""
     from e3nn import o3
 
-    from mlip.nn.irreps import e3nn_irreps
+    from mlip.irreps import e3nn_irreps
 
     irreps_in = e3nn_irreps(spec.irreps_in, channels)
     irreps_sh = e3nn_irreps(spec.irreps_sh, 1)
@@ -92,7 +92,7 @@ def make_runner(backend: str, spec: TensorProductSpec, channels: int, device, dt
         assert weight_numel == spec.num_paths * channels
 
         def adapt(x, y, w):
-            from mlip.nn.irreps import to_e3nn
+            from mlip.irreps import to_e3nn
             return to_e3nn(x.detach(), spec.irreps_in), y.detach(), w.detach().reshape(w.shape[0], -1)
 
         return fn, adapt

@@ -7,7 +7,7 @@ from e3nn.util.test import assert_equivariant
 
 from mlip.nn.gate import Gate, gate_input_irreps
 from mlip.nn.interaction import NequIPInteraction
-from mlip.nn.irreps import e3nn_irreps, from_e3nn, hidden_irreps, irreps_slices, sh_irreps, to_e3nn
+from mlip.irreps import e3nn_irreps, from_e3nn, hidden_irreps, irreps_slices, sh_irreps, to_e3nn
 from mlip.nn.linear import IrrepsLinear, SpeciesLinear
 from mlip.nn.spherical_harmonics import SphericalHarmonics
 from mlip.ops.message import MessagePassing, message_reference

@@ -18,7 +18,7 @@ from e3nn.util.test import assert_equivariant
 from scipy.spatial.transform import Rotation
 
 from mlip.nn.cg_coupling import coupling_basis
-from mlip.nn.irreps import from_e3nn, hidden_irreps, irreps_dim, irreps_slices, sh_irreps, to_e3nn, wigner_D
+from mlip.irreps import from_e3nn, hidden_irreps, irreps_dim, irreps_slices, sh_irreps, to_e3nn, wigner_D
 from mlip.nn.symmetric_contraction import SymmetricContraction, reachable_outputs
 
 C = 3

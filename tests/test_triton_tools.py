@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from mlip.nn.irreps import hidden_irreps, sh_irreps  # noqa: E402
+from mlip.irreps import hidden_irreps, sh_irreps  # noqa: E402
 from mlip.ops import triton_compile_check as cc  # noqa: E402
 from mlip.ops.tensor_product import TensorProductSpec, reachable_irreps  # noqa: E402
 

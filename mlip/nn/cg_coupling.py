@@ -1,7 +1,7 @@
 """Generalised Clebsch-Gordan coupling: the U tensors of MACE's symmetric contraction.
 
 Given the irreps of an atomic basis A (one channel: a vector of dimension D, laid out as in
-:mod:`mlip.nn.irreps`), a correlation order nu and an output irrep (L, P), :func:`coupling_basis`
+:mod:`mlip.irreps`), a correlation order nu and an output irrep (L, P), :func:`coupling_basis`
 returns a tensor ``U`` of shape ``[2L+1, D, ..., D (nu times), K]`` such that for every path k
 
     B_M = sum_{i_1..i_nu} U[M, i_1, ..., i_nu, k] A_{i_1} ... A_{i_nu}
@@ -34,7 +34,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from mlip.nn.irreps import Irrep, irreps_dim, irreps_slices
+from mlip.irreps import Irrep, irreps_dim, irreps_slices
 
 
 def _coupling_trees(ls: Sequence[int], l_out: int) -> List[torch.Tensor]:

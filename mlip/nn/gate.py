@@ -10,7 +10,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
-from mlip.nn.irreps import Irrep, e3nn_irreps, irreps_slices
+from mlip.irreps import Irrep, e3nn_irreps, irreps_slices
 
 # mean-square of act(x) for x ~ N(0, 1); dividing by its square root keeps unit variance
 _SILU_GAIN = 1.0 / 0.3557 ** 0.5

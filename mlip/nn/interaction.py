@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mlip.nn.gate import Gate, gate_input_irreps
-from mlip.nn.irreps import Irrep, e3nn_irreps
+from mlip.irreps import Irrep, e3nn_irreps
 from mlip.nn.linear import EmbeddingSelfConnection, IrrepsLinear, SpeciesLinear
 from mlip.nn.radial import RadialMLP
 from mlip.ops.message import MessagePassing

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from mlip.nn.irreps import Irrep, e3nn_irreps, irreps_slices
+from mlip.irreps import Irrep, e3nn_irreps, irreps_slices
 
 
 class IrrepsLinear(nn.Module):

@@ -29,7 +29,7 @@ from mlip.data import keys as K
 from mlip.nn.build import register_architecture
 from mlip.nn.edges import EdgeEmbedding
 from mlip.nn.embedding import SpeciesEmbedding
-from mlip.nn.irreps import Irrep, e3nn_irreps, sh_irreps
+from mlip.irreps import Irrep, e3nn_irreps, sh_irreps
 from mlip.nn.linear import IrrepsLinear, SpeciesLinear
 from mlip.nn.radial import RadialMLP
 from mlip.nn.readout import ScalarReadout, ScaleShift

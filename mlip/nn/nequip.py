@@ -15,7 +15,7 @@ from mlip.nn.build import register_architecture
 from mlip.nn.edges import EdgeEmbedding
 from mlip.nn.embedding import SpeciesEmbedding
 from mlip.nn.interaction import NequIPInteraction
-from mlip.nn.irreps import hidden_irreps, sh_irreps
+from mlip.irreps import hidden_irreps, sh_irreps
 from mlip.nn.readout import ScalarReadout, ScaleShift
 
 

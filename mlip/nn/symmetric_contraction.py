@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from mlip.nn.cg_coupling import coupling_basis
-from mlip.nn.irreps import Irrep, e3nn_irreps, irreps_dim, irreps_slices
+from mlip.irreps import Irrep, e3nn_irreps, irreps_dim, irreps_slices
 
 
 class SymmetricContraction(nn.Module):

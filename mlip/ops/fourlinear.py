@@ -30,7 +30,7 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
-from mlip.nn.irreps import irreps_slices
+from mlip.irreps import irreps_slices
 from mlip.ops.tensor_product import TensorProductSpec
 
 SLOTS = ("x", "y", "w", "z")

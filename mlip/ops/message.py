@@ -88,7 +88,7 @@ class MessagePassing(nn.Module):
         self.num_paths = spec.num_paths
         self.register_buffer("cg", spec.cg_tensor(torch.get_default_dtype()))
         self.weight_groups: List[Tuple[int, int, int, int]] = spec.weight_groups()
-        from mlip.nn.irreps import e3nn_irreps
+        from mlip.irreps import e3nn_irreps
         self.irreps_in = e3nn_irreps(spec.irreps_in, channels)
         self.irreps_sh = e3nn_irreps(spec.irreps_sh, 1)
         self.irreps_out = e3nn_irreps(spec.irreps_out, channels)

@@ -17,7 +17,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from mlip.nn.irreps import Irrep, irreps_dim, irreps_slices
+from mlip.irreps import Irrep, irreps_dim, irreps_slices
 
 
 @dataclass(frozen=True)

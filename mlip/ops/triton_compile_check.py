@@ -97,7 +97,7 @@ def compile_report(spec: TensorProductSpec, dtype: torch.dtype = torch.float32, 
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from mlip.nn.irreps import hidden_irreps, sh_irreps
+    from mlip.irreps import hidden_irreps, sh_irreps
     from mlip.ops.tensor_product import reachable_irreps
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
