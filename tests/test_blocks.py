@@ -173,3 +173,34 @@ def test_architecture_registry_knows_each_family_and_its_keys():
     assert "num_types" not in get_architecture("nequip").hyperparameters()
     with pytest.raises(ValueError, match=r"unknown architecture 'allegro'; available: \['mace', 'nequip'"):
         get_architecture("allegro")
+
+
+def test_upstream_hyperparameter_names_build_the_same_model():
+    """NequIP's and MACE's key names give the model their mlip names give, bit for bit."""
+    import torch
+
+    from mlip.nn.build import build_model, canonical_model_config
+
+    cases = [
+        ({"architecture": "nequip", "num_features": 8, "num_bessels": 6, "polynomial_cutoff_p": 5,
+          "radial_mlp_width": 16, "radial_mlp_depth": 1, "num_layers": 2, "r_max": 3.0},
+         {"architecture": "nequip", "channels": 8, "num_bessel": 6, "cutoff_p": 5, "radial_hidden": 16,
+          "radial_depth": 1, "num_layers": 2, "r_max": 3.0}),
+        ({"architecture": "mace", "num_channels": 4, "max_ell": 2, "max_L": 1, "num_radial_basis": 5,
+          "num_cutoff_basis": 4, "radial_MLP": [8, 8], "r_max": 3.0},
+         {"architecture": "mace", "channels": 4, "l_max": 2, "max_L": 1, "num_bessel": 5, "cutoff_p": 4,
+          "radial_hidden": 8, "radial_depth": 2, "r_max": 3.0}),
+    ]
+    for upstream, ours in cases:
+        config, notes = canonical_model_config(upstream)
+        assert config == ours and len(notes) == len(set(upstream) - set(ours))
+        torch.manual_seed(0)
+        a = build_model(upstream, ["H", "C"], "float64")
+        torch.manual_seed(0)
+        b = build_model(ours, ["H", "C"], "float64")
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(ValueError, match="model.num_features and model.channels set the same"):
+        canonical_model_config({"num_features": 8, "channels": 8})
+    with pytest.raises(ValueError, match="equal hidden widths"):
+        canonical_model_config({"architecture": "mace", "radial_MLP": [64, 32]})

@@ -242,3 +242,19 @@ def test_wandb_logging_is_offline_unless_asked(tmp_path, lj_file, monkeypatch):
     assert [step for step, _ in calls["log"]] == [1, 2]
     assert "valid_forces_rmse" in calls["log"][0][1] and calls["finish"] == 1
     assert torch.load(tr.last_checkpoint, weights_only=True)["wandb_id"] == "abc123"  # resumes the same run
+
+
+def test_upstream_model_key_names_are_read_as_mlips(tmp_path, lj_file):
+    """A model section in NequIP's names trains, says what each name was read as, and stores
+    mlip's names in the model file."""
+    raw = tiny_config(tmp_path, lj_file, optim={"max_epochs": 1})
+    model = dict(raw["model"])
+    model["num_features"] = model.pop("channels")
+    model["radial_mlp_width"] = model.pop("radial_hidden")
+    raw["model"] = model
+    result = train(validate(raw), echo=False)
+    log = open(os.path.join(raw["output_dir"], "log.txt")).read()
+    assert "model.num_features read as model.channels: 4 (mlip's name)" in log
+    assert "model.radial_mlp_width read as model.radial_hidden" in log
+    config = torch.load(result["best_model"], weights_only=True)["model"]["config"]
+    assert config["channels"] == 4 and "num_features" not in config

@@ -6,8 +6,8 @@ fine-tuning, compilation and the CLI ask it (:func:`get_architecture`) instead o
 
 import contextlib
 import inspect
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
 
 import torch
 
@@ -27,6 +27,8 @@ class Architecture:
     name: str
     model_class: type
     supports_compile: bool = False   # one traced graph for train.compile / CompiledPotential
+    # upstream (NequIP / MACE) key -> mlip key, or a function of the value -> {mlip key: value}
+    aliases: Mapping[str, Union[str, Callable[[Any], Dict[str, Any]]]] = field(default_factory=dict)
 
     def build(self, num_types: int, **hyperparameters: Any) -> torch.nn.Module:
         return self.model_class(num_types=num_types, **hyperparameters)
@@ -40,12 +42,46 @@ class Architecture:
 ARCHITECTURES: Dict[str, Architecture] = {}
 
 
-def register_architecture(name: str, supports_compile: bool = False):
-    """Class decorator: register an energy-model class as the architecture ``name``."""
+def register_architecture(name: str, supports_compile: bool = False,
+                          aliases: Mapping[str, Union[str, Callable[[Any], Dict[str, Any]]]] = None):
+    """Class decorator: register an energy-model class as the architecture ``name``; ``aliases``
+    lets users write the upstream names of its hyperparameters."""
     def deco(cls):
-        ARCHITECTURES[name] = Architecture(name, cls, supports_compile)
+        ARCHITECTURES[name] = Architecture(name, cls, supports_compile, dict(aliases or {}))
         return cls
     return deco
+
+
+def canonical_model_config(model_config: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """``model_config`` with upstream key names (NequIP's ``num_features``, MACE's ``max_ell``, ...)
+    replaced by mlip's, and one note per replacement. Naming one setting twice is a ValueError."""
+    config = dict(model_config)
+    arch = get_architecture(config.get("architecture", DEFAULT_ARCHITECTURE))
+    notes = []
+    for key in [k for k in config if k in arch.aliases and k not in arch.hyperparameters()]:
+        target = arch.aliases[key]
+        value = config.pop(key)
+        replaced = {target: value} if isinstance(target, str) else target(value)
+        for name, new in replaced.items():
+            if name in config:
+                raise ValueError(f"model.{key} and model.{name} set the same hyperparameter; keep one")
+            config[name] = new
+        notes.append(f"model.{key} read as " + ", ".join(f"model.{n}: {v!r}" for n, v in replaced.items())
+                     + " (mlip's name)")
+    return config, notes
+
+
+def radial_mlp_widths(widths: Any) -> Dict[str, Any]:
+    """MACE's ``radial_MLP: [64, 64, 64]`` as mlip's ``radial_hidden: 64, radial_depth: 3``."""
+    if isinstance(widths, str):
+        import ast
+
+        widths = ast.literal_eval(widths)
+    widths = [int(w) for w in widths]
+    if not widths or len(set(widths)) != 1:
+        raise ValueError(f"radial_MLP {widths}: mlip's radial MLPs have equal hidden widths (radial_hidden, "
+                         "radial_depth)")
+    return {"radial_hidden": widths[0], "radial_depth": len(widths)}
 
 
 def load_architectures() -> None:
@@ -82,7 +118,7 @@ def build_model(model_config: Mapping[str, Any], type_names: List[str], dtype: U
     """``model_config`` holds ``architecture`` (default "nequip") and that architecture's
     hyperparameters, including ``r_max`` (Angstrom). Parameters are created in ``dtype``;
     per-species energy shifts stay float64 (isolated-atom energies need the precision)."""
-    cfg = dict(model_config)
+    cfg, _ = canonical_model_config(model_config)
     arch = get_architecture(cfg.pop("architecture", DEFAULT_ARCHITECTURE))
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]

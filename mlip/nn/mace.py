@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from mlip.data import keys as K
-from mlip.nn.build import register_architecture
+from mlip.nn.build import radial_mlp_widths, register_architecture
 from mlip.nn.edges import EdgeEmbedding
 from mlip.nn.embedding import SpeciesEmbedding
 from mlip.irreps import Irrep, e3nn_irreps, sh_irreps
@@ -101,7 +101,10 @@ class MACELayer(nn.Module):
 
 # not compilable: it groups atoms by species with data-dependent sizes, which one traced graph
 # cannot hold
-@register_architecture("mace")
+@register_architecture("mace", aliases={
+    # mace-torch's names of the same hyperparameters
+    "num_channels": "channels", "max_ell": "l_max", "num_radial_basis": "num_bessel",
+    "num_cutoff_basis": "cutoff_p", "radial_MLP": radial_mlp_widths})
 class MACEModel(nn.Module):
     """Per-atom energies of a MACE network.
 

@@ -19,7 +19,13 @@ from mlip.irreps import hidden_irreps, sh_irreps
 from mlip.nn.readout import ScalarReadout, ScaleShift
 
 
-@register_architecture("nequip", supports_compile=True)
+# NequIP (>= 0.7) names of the same hyperparameters
+NEQUIP_ALIASES = {"num_features": "channels", "num_bessels": "num_bessel", "polynomial_cutoff_p": "cutoff_p",
+                  "radial_mlp_width": "radial_hidden", "radial_mlp_depth": "radial_depth",
+                  "per_type_energy_shifts": "atomic_energy_shifts", "per_type_energy_scales": "atomic_energy_scales"}
+
+
+@register_architecture("nequip", supports_compile=True, aliases=NEQUIP_ALIASES)
 class NequIPModel(nn.Module):
     """Per-atom energies of a NequIP-style equivariant message-passing network.
 

@@ -34,7 +34,7 @@ import torch
 
 from mlip.checkpoint import FORMAT, atomic_file, ensure_writable_dir, model_record, save_model_file
 from mlip.errors import InputError, StorageError, os_error_text
-from mlip.nn.build import ARCHITECTURES, DEFAULT_ARCHITECTURE, get_architecture
+from mlip.nn.build import ARCHITECTURES, DEFAULT_ARCHITECTURE, canonical_model_config, get_architecture
 from mlip.train import data as D
 from mlip.train import distributed as dist_utils
 from mlip.train import finetune as FT
@@ -418,7 +418,12 @@ class Trainer:
     def _setup_model(self) -> None:
         from mlip.nn import build_model
 
-        user_model = dict(self.cfg[MODEL_SECTION])
+        try:  # NequIP's and MACE's names of the hyperparameters are read as mlip's
+            user_model, notes = canonical_model_config(self.cfg[MODEL_SECTION])
+        except ValueError as exc:
+            raise model_config_error(exc, self.cfg[MODEL_SECTION]) from None
+        for note in notes:
+            self.log(note)
         if self._resume_obj is not None:
             self.model_config = dict(self._resume_obj["model"]["config"])
         elif self.foundation is not None:
