@@ -225,11 +225,24 @@ def collated_batches(graphs: Sequence[Graph], index_batches: Sequence[Sequence[i
     if workers > 0 and isinstance(graphs, LazyGraphs) and len(index_batches):
         from torch.utils.data import DataLoader
 
-        yield from DataLoader(graphs, batch_sampler=[list(i) for i in index_batches], collate_fn=collate,
-                              num_workers=workers, prefetch_factor=2)
+        loader = DataLoader(graphs, batch_sampler=[list(i) for i in index_batches], collate_fn=collate,
+                            num_workers=workers, prefetch_factor=2)
+        try:
+            yield from loader
+        except InputError as exc:
+            # the DataLoader re-raises a worker's error with the worker's traceback as its text:
+            # hand on the one line the worker raised
+            raise InputError(_worker_message(str(exc))) from None
         return
     for idx in index_batches:
         yield collate([graphs[i] for i in idx])
+
+
+def _worker_message(text: str) -> str:
+    """The original message of an InputError re-raised by a DataLoader worker."""
+    prefix = f"{InputError.__module__}.{InputError.__qualname__}: "
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return lines[-1][len(prefix):] if lines else text.strip().splitlines()[-1]
 
 
 def iterate_batches(graphs: Sequence[Graph], batch_size: int, device: torch.device,
