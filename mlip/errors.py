@@ -7,6 +7,8 @@ so a bad file or a full disk never ends in a deep traceback:
   user can fix. Messages name the file, the frame and the key.
 * :class:`StorageError` (exit 1): a file of a run could not be written (disk full, quota,
   read-only file system). Messages say which file and what is still intact.
+* :class:`TrainingDiverged` (exit 1): the loss or gradients became NaN or inf; the message names
+  the batch's structures and the last good checkpoint.
 * :class:`NonFiniteError` (exit 1): a model predicted NaN or inf for a structure that passed
   the input checks. Messages name the model and the structure.
 """
@@ -48,6 +50,12 @@ class InputError(MLIPError, ValueError):
 
 class StorageError(MLIPError, OSError):
     """Writing a file of a run failed; the previous version of that file is unchanged."""
+
+    exit_code = 1
+
+
+class TrainingDiverged(MLIPError, RuntimeError):
+    """The loss or the gradients became NaN or inf; the run stopped before using them."""
 
     exit_code = 1
 

@@ -560,7 +560,7 @@ def test_disk_full_at_a_plot_or_the_log_does_not_stop_the_run(trained, tmp_path,
 
 
 def test_log_that_cannot_be_written_warns_once_and_training_goes_on(tmp_path, capsys):
-    from mlip.train.trainer import Logger
+    from mlip.train.run_log import Logger
 
     log = Logger("/dev/full", echo=False)
     log("first line")

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
 
 import torch
 
+from mlip.errors import InputError
 from mlip.nn.potential import Potential
 
 DEFAULT_ARCHITECTURE = "nequip"  # what a model section without ``architecture`` means
@@ -125,3 +126,31 @@ def build_model(model_config: Mapping[str, Any], type_names: List[str], dtype: U
     with default_dtype(dtype):
         energy_model = arch.build(len(type_names), **cfg)
     return Potential(energy_model, type_names, float(cfg.get("r_max", 5.0)))
+
+
+def model_config_error(exc: Exception, model_config: Mapping[str, Any]) -> InputError:
+    """Turn a builder's TypeError/ValueError into a config error naming the model key."""
+    import re
+
+    text = str(exc)
+    m = re.search(r"unexpected keyword argument '(\w+)'", text)
+    if m:
+        key = m.group(1)
+        known = _architecture_keys(model_config.get("architecture", DEFAULT_ARCHITECTURE))
+        import difflib
+
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"; did you mean 'model.{close[0]}'?" if close else (
+            f"; allowed: {', '.join(sorted(known))}" if known else "")
+        return InputError(f"unknown key{hint}", key=f"model.{key}")
+    if "architecture" in text:
+        return InputError(text, key="model.architecture")
+    return InputError(f"cannot build the model: {text}", key="model")
+
+
+def _architecture_keys(arch: str) -> List[str]:
+    """The model-config keys an architecture accepts ([] for an unknown one)."""
+    try:
+        return ["architecture", *get_architecture(arch).hyperparameters()]
+    except ValueError:
+        return []

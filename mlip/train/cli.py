@@ -6,7 +6,6 @@ Resumes automatically when the run directory (``output_dir``) already holds a ch
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mlip.errors import InputError
 
@@ -40,11 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.config:
         raise InputError("a config file is required: mlip train CONFIG.yaml (see configs/example.yaml)")
     cfg = load_config(args.config, overrides)
-    from mlip.train.trainer import TrainingDiverged, train
+    from mlip.train.trainer import train
 
-    try:
-        train(cfg, resume=True if args.resume else None)
-    except TrainingDiverged as exc:
-        print(f"mlip train: {exc}", file=sys.stderr)
-        return 1
+    train(cfg, resume=True if args.resume else None)  # errors reach the user as one line (mlip.cli)
     return 0

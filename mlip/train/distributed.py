@@ -29,6 +29,9 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
+from mlip.errors import InputError
+from mlip.train.metrics import ErrorAccumulator
+
 
 @dataclass
 class DistInfo:
@@ -59,8 +62,6 @@ def env_world_size() -> int:
 def setup(device_name: str) -> tuple:
     """(DistInfo, device) from the torchrun environment; initialises the process group once."""
     import torch.distributed as dist
-
-    from mlip.errors import InputError
 
     world = env_world_size()
     if world <= 1:
@@ -174,3 +175,27 @@ def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
         dist.broadcast(buf, src=0)
         with torch.no_grad():
             t.copy_(buf.to(t.device))
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of a config's ``device``: auto = cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("cuda requested but torch.cuda.is_available() is False (CPU-only torch, or no GPU "
+                         "visible); use device: auto or cpu", key="device")
+    return torch.device(name)
+
+
+def reduce_accumulator(acc: ErrorAccumulator, info: DistInfo, keep: bool) -> ErrorAccumulator:
+    """The sum over ranks of ``acc`` when ``keep`` (else an empty one); ``acc`` itself in one process."""
+    if not info.enabled:
+        return acc
+    values = [x for q in sorted(acc.sums) for x in acc.sums[q]] + [acc.loss_sum, float(acc.loss_count)]
+    total = all_reduce_sum(values, info)
+    out = ErrorAccumulator()
+    if keep:
+        for i, q in enumerate(sorted(acc.sums)):
+            out.sums[q] = total[3 * i: 3 * i + 3]
+        out.loss_sum, out.loss_count = total[-2], int(round(total[-1]))
+    return out

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from mlip.train.evaluation import predict, write_outputs
     from mlip.train.labels import format_coverage
     from mlip.train.metrics import format_table
-    from mlip.train.trainer import resolve_device
+    from mlip.train.distributed import resolve_device
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -33,18 +33,21 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import torch
 
 from mlip.checkpoint import FORMAT, atomic_file, ensure_writable_dir, model_record, save_model_file
-from mlip.errors import InputError, StorageError, os_error_text
-from mlip.nn.build import ARCHITECTURES, DEFAULT_ARCHITECTURE, canonical_model_config, get_architecture
+from mlip.errors import InputError, StorageError, TrainingDiverged
+from mlip.nn.build import (ARCHITECTURES, DEFAULT_ARCHITECTURE, canonical_model_config, get_architecture,
+                             model_config_error)
 from mlip.train import data as D
 from mlip.train import distributed as dist_utils
 from mlip.train import finetune as FT
 from mlip.train.checkpoints import CheckpointDir, rng_state, seed_everything, set_rng_state
 from mlip.train.config import MODEL_SECTION, dump_config
+from mlip.train.distributed import reduce_accumulator, resolve_device
 from mlip.train.ema import EMA
 from mlip.train.evaluation import predict, write_outputs
 from mlip.train.labels import check_coverage, format_coverage, weighted_labels
 from mlip.train.loss import LossWeights, compute_loss, loss_sums
 from mlip.train.metrics import ErrorAccumulator, QUANTITIES, format_errors, format_table, weighted_metric
+from mlip.train.run_log import Logger, WandbLogger
 from mlip.train.schedule import LRSchedule
 from mlip.train.statistics import Statistics, compute_statistics, infer_type_names, split_isolated
 
@@ -60,67 +63,6 @@ HISTORY_COLUMNS = (["epoch", "stage", "lr", "time_s", "energy_weight", "forces_w
                    + [f"{split}_{name}" for split in ("train", "valid")
                       for name in ["loss"] + [f"{q}_{k}" for q in QUANTITIES for k in ("mae", "rmse")]]
                    + ["metric", "best"])
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradients became NaN or inf; the run stopped before using them."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("cuda requested but torch.cuda.is_available() is False (CPU-only torch, or no GPU "
-                         "visible); use device: auto or cpu", key="device")
-    return torch.device(name)
-
-
-class Logger:
-    """Prints through tqdm (so the progress bar is not torn) and appends to ``log.txt``."""
-
-    def __init__(self, path: Optional[str], echo: bool = True):
-        self.path = path
-        self.echo = echo
-
-    def __call__(self, text: str) -> None:
-        if self.echo:
-            from tqdm import tqdm
-
-            tqdm.write(text, file=sys.stdout)
-            sys.stdout.flush()
-        if self.path:
-            try:
-                with open(self.path, "a") as fh:
-                    fh.write(text + "\n")
-            except OSError as exc:  # a full disk must not end the run over a log line
-                path, self.path = self.path, None
-                print(f"warning: {path}: cannot write ({os_error_text(exc)}); log lines go to the terminal only",
-                      file=sys.stderr)
-
-
-class WandbLogger:
-    """Optional Weights & Biases logging; offline unless ``logging.wandb_mode: online``."""
-
-    def __init__(self, cfg: Mapping[str, Any], run_dir: str, run_id: Optional[str]):
-        try:
-            import wandb
-        except ImportError:
-            raise InputError("logging.wandb is true but wandb is not installed (pip install 'mlip[wandb]')",
-                             key="logging.wandb") from None
-        log_cfg = cfg["logging"]
-        self.wandb = wandb
-        self.run = wandb.init(project=log_cfg["wandb_project"],
-                              name=log_cfg["wandb_name"] or os.path.basename(os.path.abspath(run_dir)),
-                              mode=log_cfg["wandb_mode"], dir=run_dir, config=dict(cfg), id=run_id,
-                              resume="allow")
-        self.id = self.run.id
-
-    def log(self, row: Mapping[str, float]) -> None:
-        self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not (
-            isinstance(v, float) and math.isnan(v))}, step=int(row["epoch"]))
-
-    def finish(self) -> None:
-        self.run.finish()
 
 
 class Trainer:
@@ -950,50 +892,6 @@ class Trainer:
                  f"metrics per epoch: {os.path.join(self.run_dir, 'metrics.csv')}"
                  + (f"\nparity plots and per-structure errors: {out_dir}" if rows else ""))
         return rows
-
-
-def model_config_error(exc: Exception, model_config: Mapping[str, Any]) -> InputError:
-    """Turn a builder's TypeError/ValueError into a config error naming the model key."""
-    import re
-
-    text = str(exc)
-    m = re.search(r"unexpected keyword argument '(\w+)'", text)
-    if m:
-        key = m.group(1)
-        known = _architecture_keys(model_config.get("architecture", DEFAULT_ARCHITECTURE))
-        import difflib
-
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        hint = f"; did you mean 'model.{close[0]}'?" if close else (
-            f"; allowed: {', '.join(sorted(known))}" if known else "")
-        return InputError(f"unknown key{hint}", key=f"model.{key}")
-    if "architecture" in text:
-        return InputError(text, key="model.architecture")
-    return InputError(f"cannot build the model: {text}", key="model")
-
-
-def _architecture_keys(arch: str) -> List[str]:
-    """The model-config keys an architecture accepts ([] for an unknown one)."""
-    from mlip.nn.build import get_architecture
-
-    try:
-        return ["architecture", *get_architecture(arch).hyperparameters()]
-    except ValueError:
-        return []
-
-
-def reduce_accumulator(acc: ErrorAccumulator, info: "dist_utils.DistInfo", keep: bool) -> ErrorAccumulator:
-    """The sum over ranks of ``acc`` when ``keep`` (else an empty one); ``acc`` itself in one process."""
-    if not info.enabled:
-        return acc
-    values = [x for q in sorted(acc.sums) for x in acc.sums[q]] + [acc.loss_sum, float(acc.loss_count)]
-    total = dist_utils.all_reduce_sum(values, info)
-    out = ErrorAccumulator()
-    if keep:
-        for i, q in enumerate(sorted(acc.sums)):
-            out.sums[q] = total[3 * i: 3 * i + 3]
-        out.loss_sum, out.loss_count = total[-2], int(round(total[-1]))
-    return out
 
 
 def train(cfg: Dict[str, Any], resume: Optional[bool] = None, echo: bool = True) -> Dict[str, Any]:
