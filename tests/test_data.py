@@ -136,3 +136,42 @@ def test_zero_volume_cell(tmp_path):
 def test_unknown_unit():
     with pytest.raises(InputError, match="unknown energy unit 'kcal'"):
         Units(energy="kcal").factors()
+
+
+def test_collate_driven_by_the_field_registry_equals_the_former_collate(rng):
+    """Batching reads mlip.data.keys.FIELDS (what each field is attached to and indexes); the
+    batches are exactly those of the collate that named its fields one by one (commit 7312a02)."""
+    import importlib.util
+
+    import ase
+    import torch
+
+    from mlip.data import keys as K
+    from mlip.data.frames import frames_from_atoms_list
+    from mlip.data.graph import TypeMapper, collate, frame_to_graph
+
+    spec = importlib.util.spec_from_file_location(
+        "former_graph", os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "former_collate.py"))
+    former = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(former)
+    atoms = []
+    for n in (3, 5, 4):
+        a = ase.Atoms("H" * n, positions=rng.uniform(0, 3, (n, 3)), cell=np.eye(3) * 3.5, pbc=n != 4)
+        a.info["energy"] = float(rng.normal())
+        atoms.append(a)
+    graphs = [frame_to_graph(f, TypeMapper(["H"]), 2.5) for f in frames_from_atoms_list(atoms)]
+    for subset in (graphs, graphs[1:], graphs[:1]):
+        new, old = collate(subset), former.collate(subset)
+        assert new.keys() == old.keys()
+        for k in new:
+            assert new[k].dtype == old[k].dtype and torch.equal(new[k], old[k]), k
+    # an optional field missing from one graph is left out of the batch, as before
+    partial = [dict(g) for g in graphs]
+    del partial[1][K.EDGE_PAIR], partial[1][K.PAIR_EDGE]
+    assert K.EDGE_PAIR not in collate(partial) and K.PAIR_EDGE not in collate(partial)
+    assert collate(partial).keys() == former.collate(partial).keys()
+    # a required field missing from one graph is an error, not a silent drop
+    broken = [dict(g) for g in graphs]
+    del broken[2][K.REF_FORCES]
+    with pytest.raises(KeyError):
+        collate(broken)

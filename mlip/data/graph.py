@@ -80,39 +80,37 @@ def frame_to_graph(frame: Frame, type_mapper: TypeMapper, r_max: float,
 
 
 def collate(graphs: Sequence[Graph]) -> Graph:
-    """Concatenate graphs into one batch (nodes concatenated, edge indices offset)."""
+    """Concatenate graphs into one batch, as :data:`mlip.data.keys.FIELDS` declares each field:
+    along its ``cat_dim``, with values that index atoms / edges / pairs / structures offset by
+    the counts of the graphs before. An optional field that some graph lacks is left out."""
     if len(graphs) == 1:
         return dict(graphs[0])
-    counts = torch.cat([g[K.NUM_ATOMS] for g in graphs])
-    offsets = torch.cumsum(counts, 0) - counts
+    sizes = {"atom": [int(g[K.NUM_ATOMS].sum()) for g in graphs],
+             "edge": [int(g[K.EDGE_INDEX].shape[1]) for g in graphs],
+             "structure": [int(g[K.NUM_ATOMS].shape[0]) for g in graphs]}
+    if all(K.PAIR_EDGE in g for g in graphs):
+        sizes["pair"] = [int(g[K.PAIR_EDGE].shape[0]) for g in graphs]
     out: Graph = {}
-    if all(K.EDGE_PAIR in g and K.PAIR_EDGE in g for g in graphs):
-        n_edges = [int(g[K.EDGE_INDEX].shape[1]) for g in graphs]
-        n_pairs = [int(g[K.PAIR_EDGE].shape[0]) for g in graphs]
-        edge_off = np.cumsum([0] + n_edges[:-1]).tolist()
-        pair_off = np.cumsum([0] + n_pairs[:-1]).tolist()
-        out[K.EDGE_PAIR] = torch.cat([g[K.EDGE_PAIR] + off for g, off in zip(graphs, pair_off)])
-        out[K.PAIR_EDGE] = torch.cat([g[K.PAIR_EDGE] + off for g, off in zip(graphs, edge_off)])
     for key in graphs[0]:
-        if key in (K.EDGE_PAIR, K.PAIR_EDGE):
-            continue  # offset above, or dropped when some graph lacks them
-        if key == K.EDGE_INDEX:
-            out[key] = torch.cat([g[key] + off for g, off in zip(graphs, offsets.tolist())], dim=1)
-        elif key == K.BATCH:
-            out[key] = torch.repeat_interleave(torch.arange(len(graphs)), counts)
-        else:
-            out[key] = torch.cat([g[key] for g in graphs], dim=0)
+        spec = K.FIELDS[key]
+        if spec.optional and not all(key in g for g in graphs):
+            continue
+        parts = [g[key] for g in graphs]
+        if spec.index_of is not None:
+            offsets = np.cumsum([0] + sizes[spec.index_of][:-1]).tolist()
+            parts = [p + off for p, off in zip(parts, offsets)]
+        out[key] = torch.cat(parts, dim=spec.cat_dim)
     return out
 
 
 def to_device(graph: Mapping[str, torch.Tensor], device: torch.device | str,
               dtype: Optional[torch.dtype] = None) -> Graph:
     """Move a graph (or batch) to ``device``; floating tensors are cast to ``dtype`` when given,
-    except the reference energy, which stays float64: total energies exceed float32's meV
-    resolution."""
+    except fields declared ``float64`` (the reference energy: total energies exceed float32's
+    meV resolution)."""
     out = {}
     for key, value in graph.items():
-        if dtype is not None and value.is_floating_point() and key != K.REF_ENERGY:
+        if dtype is not None and value.is_floating_point() and not (key in K.FIELDS and K.FIELDS[key].float64):
             value = value.to(dtype)
         out[key] = value.to(device, non_blocking=True)
     return out

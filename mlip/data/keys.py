@@ -1,46 +1,74 @@
-"""Names of the fields in the flat ``Dict[str, Tensor]`` that every module reads and writes.
+"""Names of the fields in the flat ``Dict[str, Tensor]`` that every module reads and writes,
+each declared once with what it is attached to.
 
-Defined once here so that a typo is an AttributeError, not a silent new key. Units: positions
-and cells in Angstrom, energies in eV, forces in eV/A, stress in eV/A^3 (ASE sign: positive is
-tensile), virial in eV.
+Defined once here so that a typo is an AttributeError, not a silent new key. :data:`FIELDS`
+says, per name, whether a field is per atom, per edge, per pair of opposite edges or per
+structure, and whether its values index atoms, edges, pairs or structures; batching
+(:func:`mlip.data.graph.collate`) and device moves (:func:`mlip.data.graph.to_device`) read
+it, so a new field is declared here and nowhere else in them. Units: positions and cells in
+Angstrom, energies in eV, forces in eV/A, stress in eV/A^3 (ASE sign: positive is tensile),
+virial in eV.
 """
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+
+@dataclass(frozen=True)
+class Field:
+    """One named tensor of a graph or batch."""
+
+    name: str
+    per: str                         # "atom", "edge", "pair" or "structure": what axis 0 counts
+    index_of: Optional[str] = None   # values are indices of atoms / edges / pairs / structures
+    cat_dim: int = 0                 # the axis that batching concatenates
+    optional: bool = False           # a batch keeps it only if every graph has it
+    float64: bool = False            # stays float64 whatever the model's dtype
+
+
+FIELDS: Dict[str, Field] = {}
+
+
+def _field(name: str, per: str, **kw) -> str:
+    FIELDS[name] = Field(name, per, **kw)
+    return name
+
 
 # --- graph inputs -------------------------------------------------------------------------
-POSITIONS = "pos"                  # [N, 3] float, Angstrom
-ATOM_TYPES = "atom_types"          # [N] int64, index into the model's type_names
-CELL = "cell"                      # [B, 3, 3] float, rows are lattice vectors a, b, c (zeros if none)
-PBC = "pbc"                        # [B, 3] bool
-EDGE_INDEX = "edge_index"          # [2, E] int64; row 0 centre (receiver) i, row 1 neighbour (sender) j
-EDGE_CELL_SHIFT = "edge_cell_shift"  # [E, 3] float, integer-valued; r_ij = pos[j] - pos[i] + shift @ cell
-BATCH = "batch"                    # [N] int64, structure index of each atom
-NUM_ATOMS = "num_atoms"            # [B] int64, atoms per structure
+POSITIONS = _field("pos", "atom")  # [N, 3] float, Angstrom
+ATOM_TYPES = _field("atom_types", "atom")  # [N] int64, index into the model's type_names
+CELL = _field("cell", "structure")  # [B, 3, 3] float, rows are lattice vectors a, b, c (zeros if none)
+PBC = _field("pbc", "structure")  # [B, 3] bool
+# [2, E] int64; row 0 centre (receiver) i, row 1 neighbour (sender) j
+EDGE_INDEX = _field("edge_index", "edge", index_of="atom", cat_dim=1)
+# [E, 3] float, integer-valued; r_ij = pos[j] - pos[i] + shift @ cell
+EDGE_CELL_SHIFT = _field("edge_cell_shift", "edge")
+BATCH = _field("batch", "atom", index_of="structure")  # [N] int64, structure index of each atom
+NUM_ATOMS = _field("num_atoms", "structure")  # [B] int64, atoms per structure
 # optional: opposite edges (i, j, S) and (j, i, -S) grouped into pairs, so that per-length work
 # (radial basis, radial MLP) runs once per pair; models fall back to per-edge work without them
-EDGE_PAIR = "edge_pair"            # [E] int64, pair of each edge (0 <= p < P)
-PAIR_EDGE = "pair_edge"            # [P] int64, one edge of each pair
+# [E] int64, pair of each edge (0 <= p < P)
+EDGE_PAIR = _field("edge_pair", "edge", index_of="pair", optional=True)
+PAIR_EDGE = _field("pair_edge", "pair", index_of="edge", optional=True)  # [P] int64, one edge of each pair
 
 # --- derived per-edge / per-node quantities -----------------------------------------------
-EDGE_VECTORS = "edge_vectors"      # [E, 3]
-EDGE_LENGTHS = "edge_lengths"      # [E]
-EDGE_SH = "edge_sh"                # [E, (l_max+1)^2] spherical harmonics of edge directions
-EDGE_RADIAL = "edge_radial"        # [E, num_bessel] radial basis times cutoff envelope
-NODE_FEATURES = "node_features"    # [N, D, C] equivariant features (irrep components x channels)
+EDGE_VECTORS = _field("edge_vectors", "edge")  # [E, 3]
+EDGE_LENGTHS = _field("edge_lengths", "edge")  # [E]
+EDGE_SH = _field("edge_sh", "edge")  # [E, (l_max+1)^2] spherical harmonics of edge directions
+EDGE_RADIAL = _field("edge_radial", "edge")  # [E, num_bessel] radial basis times cutoff envelope
+# [N, D, C] equivariant features (irrep components x channels)
+NODE_FEATURES = _field("node_features", "atom")
 
 # --- model outputs ------------------------------------------------------------------------
-ATOMIC_ENERGY = "atomic_energy"    # [N, 1] eV
-TOTAL_ENERGY = "total_energy"      # [B] eV
-FORCES = "forces"                  # [N, 3] eV/A
-VIRIAL = "virial"                  # [B, 3, 3] eV, -dE/d(strain)
-STRESS = "stress"                  # [B, 3, 3] eV/A^3, ASE sign
+ATOMIC_ENERGY = _field("atomic_energy", "atom")  # [N, 1] eV
+TOTAL_ENERGY = _field("total_energy", "structure")  # [B] eV
+FORCES = _field("forces", "atom")  # [N, 3] eV/A
+VIRIAL = _field("virial", "structure")  # [B, 3, 3] eV, -dE/d(strain)
+STRESS = _field("stress", "structure")  # [B, 3, 3] eV/A^3, ASE sign
 
 # --- labels (references read from data) ---------------------------------------------------
-REF_ENERGY = "ref_energy"          # [B] eV
-REF_FORCES = "ref_forces"          # [N, 3] eV/A
-REF_STRESS = "ref_stress"          # [B, 3, 3] eV/A^3
-ENERGY_WEIGHT = "energy_weight"    # [B] 0 where a structure has no energy label
-FORCES_WEIGHT = "forces_weight"    # [N] 0 where forces are missing
-STRESS_WEIGHT = "stress_weight"    # [B] 0 where stress is missing
-
-PER_ATOM_KEYS = (POSITIONS, ATOM_TYPES, BATCH, REF_FORCES, FORCES_WEIGHT)
-PER_STRUCTURE_KEYS = (CELL, PBC, NUM_ATOMS, REF_ENERGY, REF_STRESS, ENERGY_WEIGHT, STRESS_WEIGHT)
-PER_EDGE_KEYS = (EDGE_CELL_SHIFT,)
+REF_ENERGY = _field("ref_energy", "structure", float64=True)  # [B] eV
+REF_FORCES = _field("ref_forces", "atom")  # [N, 3] eV/A
+REF_STRESS = _field("ref_stress", "structure")  # [B, 3, 3] eV/A^3
+ENERGY_WEIGHT = _field("energy_weight", "structure")  # [B] 0 where a structure has no energy label
+FORCES_WEIGHT = _field("forces_weight", "atom")  # [N] 0 where forces are missing
+STRESS_WEIGHT = _field("stress_weight", "structure")  # [B] 0 where stress is missing
