@@ -56,5 +56,5 @@ def test_shipped_config_sets_up_and_trains_one_small_epoch(path, tmp_path, monke
     tr = Trainer(cfg, echo=False)
     assert tr.type_names and len(tr.train_set) >= 8
     tr.train_epoch()
-    metrics = tr.epoch_acc.result()
+    metrics = tr.state.epoch_acc.result()
     assert metrics["forces_rmse"] > 0 and metrics["loss"] == metrics["loss"]  # finite, not NaN

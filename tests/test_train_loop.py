@@ -76,7 +76,7 @@ def test_stage_two_switches_weights_and_lr(tmp_path, lj_file):
         tr.fit()
     finally:
         trainer_mod.compute_loss = original
-    stages = [(h["stage"], h["lr"], h["energy_weight"], h["forces_weight"]) for h in tr.history]
+    stages = [(h["stage"], h["lr"], h["energy_weight"], h["forces_weight"]) for h in tr.state.history]
     assert [s[0] for s in stages] == [1, 1, 2, 2]
     assert stages[0][1] == pytest.approx(0.01) and stages[2][1] == pytest.approx(0.0007)
     assert stages[1][2:] == (1.0, 10.0) and stages[2][2:] == (50.0, 2.0)
@@ -92,7 +92,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
 
     def poisoned(out, batch, weights, *args, **kw):
         loss, terms = real(out, batch, weights, *args, **kw)
-        if tr.global_step == bad_step and torch.is_grad_enabled() and tr.model.training:
+        if tr.state.global_step == bad_step and torch.is_grad_enabled() and tr.model.training:
             loss = loss * float("nan")
         return loss, terms
 
@@ -152,7 +152,7 @@ def test_interrupted_checkpoint_write_leaves_previous_intact(tmp_path, lj_file, 
     cfg = validate(tiny_config(tmp_path, lj_file, optim={"max_epochs": 1}))
     tr = Trainer(cfg, echo=False)
     first = tr.save_checkpoint()
-    tr.global_step += 1
+    tr.state.global_step += 1
     real_save = torch.save
 
     def dying_save(obj, fh, *a, **kw):
@@ -172,14 +172,14 @@ def test_early_stopping(tmp_path, lj_file, monkeypatch):
     monkeypatch.setattr(trainer_mod, "weighted_metric", lambda metrics, weights: 1.0)  # never improves
     tr = Trainer(cfg, echo=False)
     tr.fit()
-    assert tr.stopped_early and len(tr.history) == 3
-    assert [h["best"] for h in tr.history] == [1, 0, 0]
+    assert tr.state.stopped_early and len(tr.state.history) == 3
+    assert [h["best"] for h in tr.state.history] == [1, 0, 0]
     log = open(os.path.join(cfg["output_dir"], "log.txt")).read()
     assert "early stopping" in log
     # a finished run is not restarted by running the same config again
     tr2 = Trainer(cfg, echo=False)
     tr2.fit()
-    assert len(tr2.history) == 3 and "nothing to train" in open(os.path.join(cfg["output_dir"], "log.txt")).read()
+    assert len(tr2.state.history) == 3 and "nothing to train" in open(os.path.join(cfg["output_dir"], "log.txt")).read()
 
 
 def test_resume_refuses_a_different_model(tmp_path, lj_file):
@@ -202,7 +202,7 @@ def test_float32_training_keeps_energies_in_float64(tmp_path, lj_file):
     tr = Trainer(cfg, echo=False)
     assert next(tr.model.parameters()).dtype == torch.float32
     tr.fit()
-    assert math.isfinite(tr.history[-1]["valid_forces_rmse"])
+    assert math.isfinite(tr.state.history[-1]["valid_forces_rmse"])
     saved = yaml.safe_load(open(os.path.join(cfg["output_dir"], "config.yaml")))
     assert saved["dtype"] == "float32"
 

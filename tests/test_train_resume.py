@@ -107,7 +107,7 @@ def test_truncated_latest_checkpoint_is_detected_and_previous_used(setup, monkey
 
     def save_then_crash(self):
         path = real_save(self)
-        if self.global_step == stop_at:
+        if self.state.global_step == stop_at:
             raise KeyboardInterrupt  # the process dies right after this checkpoint
         return path
 
@@ -121,7 +121,7 @@ def test_truncated_latest_checkpoint_is_detected_and_previous_used(setup, monkey
         fh.truncate(size // 2)
 
     resumed = Trainer(cfg, resume=True, echo=False)
-    assert resumed.global_step == stop_at - 1 and resumed.step_in_epoch == 3
+    assert resumed.state.global_step == stop_at - 1 and resumed.state.step_in_epoch == 3
     assert os.path.exists(newest + ".corrupt") and not os.path.exists(newest)
     log = open(os.path.join(cfg["output_dir"], "log.txt")).read()
     assert "skipping unreadable checkpoint" in log
@@ -138,6 +138,6 @@ def test_resume_at_an_epoch_boundary_with_more_epochs(setup):
     raw["optim"]["max_epochs"] = EPOCHS
     # cosine anneals over max_epochs: changing it changes the schedule, so only check continuity
     tr = Trainer(validate(raw), echo=False)
-    assert tr.epoch == EPOCHS - 1 and tr.step_in_epoch == 0
+    assert tr.state.epoch == EPOCHS - 1 and tr.state.step_in_epoch == 0
     tr.fit()
-    assert len(tr.history) == EPOCHS and tr.global_step == EPOCHS * BATCHES
+    assert len(tr.state.history) == EPOCHS and tr.state.global_step == EPOCHS * BATCHES

@@ -12,7 +12,7 @@ import glob
 import os
 import random
 import re
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,6 +21,10 @@ from mlip.checkpoint import atomic_save, load_file
 from mlip.errors import InputError
 
 _NAME = re.compile(r"^ckpt-(\d+)-e(\d+)\.pt$")
+# config entries that must match a checkpoint for a resume to make sense
+FIXED_ON_RESUME = ("seed", "dtype", "model", "finetune")
+FIXED_DATA_ON_RESUME = ("root", "train_file", "train_index", "valid_file", "valid_fraction", "isolated_atoms_file",
+                        "keys", "units", "npz_keys", "type_names", "batch_size", "E0s", "format")
 REQUIRED = ("model", "optimizer", "epoch", "step_in_epoch", "global_step", "rng", "config", "statistics")
 
 
@@ -119,3 +123,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
+
+
+def resume_config_changes(old: Mapping[str, Any], cfg: Mapping[str, Any], run_dir: str, folder: str) -> List[str]:
+    """What changed in the config since the checkpoint (``section.key: old -> new``) for the log;
+    an InputError when a change would make the resumed run another run (data, model, seed, dtype)."""
+    from mlip.train.config import SCHEMA
+
+    # runs from before the finetune section existed were not fine-tuned
+    old = dict(old, finetune=old.get("finetune", {k: f.default for k, f in SCHEMA["finetune"].items()}))
+    fixed = [k for k in FIXED_ON_RESUME if old.get(k) != cfg.get(k)]
+    fixed += [f"data.{k}" for k in FIXED_DATA_ON_RESUME if old["data"].get(k) != cfg["data"].get(k)]
+    if fixed:
+        raise InputError(f"{run_dir} holds a run whose config differs in {', '.join(fixed)}; "
+                         "resuming would not continue that run. Use another output_dir, or delete "
+                         f"{folder} to start over")
+    changed = []
+    for section in cfg:
+        if isinstance(cfg[section], dict):
+            for key in cfg[section]:
+                if old.get(section, {}).get(key) != cfg[section][key]:
+                    changed.append(f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {cfg[section][key]!r}")
+        elif old.get(section) != cfg[section]:
+            changed.append(f"{section}: {old.get(section)!r} -> {cfg[section]!r}")
+    return changed

@@ -10,7 +10,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from mlip.data import keys as K
 from mlip.data.graph import Graph
 from mlip.errors import NonFiniteError
 from mlip.train.data import iterate_batches
+from mlip.train.loss import LossWeights, loss_sums
 from mlip.train.metrics import ErrorAccumulator
 
 
@@ -40,24 +41,57 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
     return torch.get_default_dtype()
 
 
-def predict(model: torch.nn.Module, graphs: Sequence[Graph], batch_size: int, device: torch.device,
-            compute_stress: bool, sources: Optional[Sequence[str]] = None, keep: bool = False,
-            loss_fn=None) -> Predictions:
-    """Run ``model`` over ``graphs`` in file order. With ``keep``, per-structure rows and the
-    arrays for parity plots are kept as well; ``loss_fn(out, batch) -> loss`` adds a mean loss."""
+def evaluated_batches(model: torch.nn.Module, graphs: Sequence[Graph], batch_size: int, device: torch.device,
+                      compute_stress: bool, indices: Optional[Sequence[int]] = None,
+                      workers: int = 0) -> Iterator[Tuple[List[int], Graph, Dict[str, torch.Tensor]]]:
+    """(structure indices, batch, detached outputs) of ``model`` over ``graphs`` in file order
+    (or over ``indices``), in the model's dtype: the one evaluation loop of validation, the
+    test sets after training and ``mlip evaluate``."""
     dtype = _model_dtype(model)
+    for idx, batch in iterate_batches(graphs, batch_size, device, dtype, indices=indices, workers=workers):
+        with torch.enable_grad():  # forces and stress are gradients
+            out = model(batch, compute_forces=True, compute_stress=compute_stress, training=False)
+        yield idx, batch, {k: (v.detach() if torch.is_tensor(v) else v) for k, v in out.items()}
+
+
+def validation_metrics(model: torch.nn.Module, graphs: Sequence[Graph], batch_size: int, device: torch.device,
+                       compute_stress: bool, weights: LossWeights, loss_cfg: Mapping[str, Any],
+                       indices: Optional[Sequence[int]] = None, workers: int = 0) -> Tuple[ErrorAccumulator, List[float]]:
+    """Error sums of ``model`` on ``graphs`` (or the subset ``indices``: this rank's share under
+    DDP) and, per loss term with a weight > 0, [sum, label count, ...]: the set's loss is
+    independent of the batching (each term: sum over the set / count of the set)."""
+    acc = ErrorAccumulator()
+    terms = [n for n in ("energy", "forces", "stress") if getattr(weights, n) > 0]
+    parts = [0.0] * (2 * len(terms))
+    # without stress labels a stress weight is dropped rather than read from absent outputs
+    w = weights if compute_stress or weights.stress == 0 else LossWeights(weights.energy, weights.forces, 0.0)
+    for _, batch, out in evaluated_batches(model, graphs, batch_size, device, compute_stress, indices, workers):
+        acc.update(out, batch)
+        sums = loss_sums(out, batch, w, loss_cfg["energy_per_atom"], loss_cfg["type"], loss_cfg["huber_delta"])
+        for i, name in enumerate(terms):
+            if name in sums:
+                parts[2 * i] += float(sums[name][0])
+                parts[2 * i + 1] += float(sums[name][1])
+    return acc, parts
+
+
+def set_loss(weights: LossWeights, parts: Sequence[float]) -> float:
+    """The weighted loss of a whole set from :func:`validation_metrics`' (all-reduced) parts."""
+    terms = [n for n in ("energy", "forces", "stress") if getattr(weights, n) > 0]
+    return sum(getattr(weights, name) * parts[2 * i] / max(parts[2 * i + 1], 1e-12) for i, name in enumerate(terms))
+
+
+def predict(model: torch.nn.Module, graphs: Sequence[Graph], batch_size: int, device: torch.device,
+            compute_stress: bool, sources: Optional[Sequence[str]] = None, keep: bool = False) -> Predictions:
+    """Run ``model`` over ``graphs`` in file order. With ``keep``, per-structure rows and the
+    arrays for parity plots are kept as well. A non-finite prediction is an error naming the
+    structure."""
     acc = ErrorAccumulator()
     result = Predictions(metrics={})
     e_ref, e_pred, f_ref, f_pred, s_ref, s_pred = [], [], [], [], [], []
-    for idx, batch in iterate_batches(graphs, batch_size, device, dtype):
-        with torch.enable_grad():  # forces and stress are gradients
-            out = model(batch, compute_forces=True, compute_stress=compute_stress, training=False)
-        out = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in out.items()}
+    for idx, batch, out in evaluated_batches(model, graphs, batch_size, device, compute_stress):
         _check_finite(out, batch, idx, sources)
         acc.update(out, batch)
-        if loss_fn is not None:
-            loss, _ = loss_fn(out, batch)
-            acc.add_loss(float(loss), len(idx))
         if not keep:
             continue
         n = batch[K.NUM_ATOMS].cpu().numpy()

@@ -1,0 +1,90 @@
+"""Where a run is and what it has seen: the part of a checkpoint that is not weights.
+
+Exact resume needs every value that changes while training: the position (epoch, batches done
+in it, optimiser steps), the partial epoch's error sums, the history of finished epochs and the
+best-model bookkeeping. They live here, in one object, saved and restored as one dictionary.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, TextIO
+
+from mlip.train.metrics import QUANTITIES, ErrorAccumulator
+
+# one row per epoch in history, metrics.csv and wandb
+HISTORY_COLUMNS = (["epoch", "stage", "lr", "time_s", "energy_weight", "forces_weight", "stress_weight"]
+                   + [f"{split}_{name}" for split in ("train", "valid")
+                      for name in ["loss"] + [f"{q}_{k}" for q in QUANTITIES for k in ("mae", "rmse")]]
+                   + ["metric", "best"])
+
+
+@dataclass
+class TrainingState:
+    """The training position and the bookkeeping that goes with it (epochs are 0-based here;
+    everything the user reads counts from 1)."""
+
+    epoch: int = 0               # the epoch in progress
+    step_in_epoch: int = 0       # batches of it already done
+    global_step: int = 0         # optimiser steps since the start of the run
+    epoch_acc: ErrorAccumulator = field(default_factory=ErrorAccumulator)  # this epoch's errors so far
+    epoch_time: float = 0.0      # seconds spent training this epoch so far
+    history: List[Dict[str, float]] = field(default_factory=list)  # one row per finished epoch
+    best_metric: float = math.inf
+    best_epoch: int = -1
+    bad_validations: int = 0     # validations since the last new best
+    stopped_early: bool = False
+    wandb_id: Optional[str] = None
+
+    @property
+    def at_start(self) -> bool:
+        return self.epoch == 0 and self.step_in_epoch == 0 and self.global_step == 0
+
+    def start_next_epoch(self) -> None:
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_acc = ErrorAccumulator()
+        self.epoch_time = 0.0
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The checkpoint entries of this state (names kept from checkpoint format 1)."""
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "epoch_metrics": self.epoch_acc.state_dict(),
+            "epoch_time": self.epoch_time,
+            "history": [dict(h) for h in self.history],
+            "best": {"metric": self.best_metric, "epoch": self.best_epoch, "bad_validations": self.bad_validations,
+                     "stopped_early": self.stopped_early},
+            "wandb_id": self.wandb_id,
+        }
+
+    def load_state_dict(self, obj: Mapping[str, Any], with_epoch_metrics: bool = True) -> None:
+        """Restore from a checkpoint. ``with_epoch_metrics``: take the partial epoch's error sums
+        (rank 0 only under DDP: its copy holds the sums of all ranks)."""
+        self.epoch = int(obj["epoch"])
+        self.step_in_epoch = int(obj["step_in_epoch"])
+        self.global_step = int(obj["global_step"])
+        if with_epoch_metrics:
+            self.epoch_acc.load_state_dict(obj["epoch_metrics"])
+        self.epoch_time = float(obj.get("epoch_time", 0.0))
+        self.history = [dict(h) for h in obj["history"]]
+        best = obj["best"]
+        self.best_metric, self.best_epoch = float(best["metric"]), int(best["epoch"])
+        self.bad_validations = int(best["bad_validations"])
+        self.stopped_early = bool(best.get("stopped_early", False))
+        self.wandb_id = obj.get("wandb_id")
+
+    def write_csv(self, fh: TextIO) -> None:
+        """The history as metrics.csv: a header of HISTORY_COLUMNS, one row per epoch."""
+        writer = csv.writer(fh)
+        writer.writerow(HISTORY_COLUMNS)
+        for h in self.history:
+            writer.writerow(["" if isinstance(h.get(k), float) and math.isnan(h[k]) else
+                             (f"{h[k]:.8g}" if isinstance(h.get(k), float) else h.get(k, ""))
+                             for k in HISTORY_COLUMNS])
+
+
+__all__ = ["TrainingState", "HISTORY_COLUMNS"]
