@@ -129,10 +129,25 @@ def test_set_overrides_types_nesting_and_typos(tmp_path):
         apply_overrides({"seed": 1}, ["seed.x=1"])
 
 
-def test_model_section_is_free_form_but_species_live_in_data(tmp_path):
+def test_model_section_is_checked_against_the_architecture_before_data(tmp_path):
+    """The model section is validated with the config (no data read, no model built): unknown
+    keys with a suggestion, wrong kinds, unknown architectures; upstream names are accepted
+    and the section is kept as written (the trainer logs the mlip names)."""
     cfg = base()
     cfg["model"] = {"r_max": 4.0, "channels": 8, "anything": [1, 2]}
-    assert load_config(write(tmp_path, cfg))["model"]["anything"] == [1, 2]
+    assert "model.anything" in error_of(tmp_path, cfg)
+    cfg["model"] = {"r_max": 4.0, "chanels": 8}
+    assert "did you mean 'model.channels'" in error_of(tmp_path, cfg)
+    cfg["model"] = {"num_layers": 2.5}
+    assert "model.num_layers" in error_of(tmp_path, cfg) and "integer" in error_of(tmp_path, cfg)
+    cfg["model"] = {"parity": "yes"}
+    assert "model.parity" in error_of(tmp_path, cfg)
+    cfg["model"] = {"architecture": "allegro"}
+    assert "model.architecture" in error_of(tmp_path, cfg)
+    cfg["model"] = {"architecture": "mace", "max_ell": 2, "num_channels": 8}  # mace-torch's names
+    assert load_config(write(tmp_path, cfg))["model"] == {"architecture": "mace", "max_ell": 2, "num_channels": 8}
+    cfg["model"] = {"architecture": "mace", "max_ell": 2, "l_max": 2}
+    assert "same hyperparameter" in error_of(tmp_path, cfg)
     cfg["model"] = {"r_max": -1.0}
     assert "model.r_max" in error_of(tmp_path, cfg)
     cfg["model"] = {"type_names": ["Si"]}

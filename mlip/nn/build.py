@@ -128,6 +128,37 @@ def build_model(model_config: Mapping[str, Any], type_names: List[str], dtype: U
     return Potential(energy_model, type_names, float(cfg.get("r_max", 5.0)))
 
 
+def check_model_section(model_config: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """Check a config's model section against its architecture's schema without building it
+    (so a wrong key is reported before any data is read): the architecture exists, every key
+    (in mlip's or an upstream name) is one of its hyperparameters, and values of hyperparameters
+    whose default is a bool, int, float or str have that kind. Returns the section in mlip's
+    names and the notes of :func:`canonical_model_config`; errors are InputErrors naming
+    ``model.<key>``."""
+    try:
+        config, notes = canonical_model_config(model_config)
+    except ValueError as exc:
+        raise model_config_error(exc, model_config) from None
+    arch = get_architecture(config.get("architecture", DEFAULT_ARCHITECTURE))
+    params = inspect.signature(arch.model_class.__init__).parameters
+    for key, value in config.items():
+        if key == "architecture":
+            continue
+        if key not in params or key in ("self", "num_types"):
+            raise model_config_error(TypeError(f"unexpected keyword argument '{key}'"), config)
+        default = params[key].default
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(type(default))
+        if kind is None or value is None:
+            continue
+        ok = (isinstance(value, bool) if isinstance(default, bool) else
+              isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int) else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float) else
+              isinstance(value, str))
+        if not ok:
+            raise InputError(f"expected {kind}, got {value!r} ({type(value).__name__})", key=f"model.{key}")
+    return config, notes
+
+
 def model_config_error(exc: Exception, model_config: Mapping[str, Any]) -> InputError:
     """Turn a builder's TypeError/ValueError into a config error naming the model key."""
     import re

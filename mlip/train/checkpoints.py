@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from mlip.checkpoint import atomic_save, load_file
+from mlip.checkpoint import FORMAT, atomic_save, load_file
 from mlip.errors import InputError
 
 _NAME = re.compile(r"^ckpt-(\d+)-e(\d+)\.pt$")
@@ -147,3 +147,57 @@ def resume_config_changes(old: Mapping[str, Any], cfg: Mapping[str, Any], run_di
         elif old.get(section) != cfg[section]:
             changed.append(f"{section}: {old.get(section)!r} -> {cfg[section]!r}")
     return changed
+
+
+def find_resume(ckpts: CheckpointDir, log: Callable[[str], None], dist: Any) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """The newest checkpoint and its path, or (None, None): found (and corrupt ones set aside)
+    by rank 0, read by every rank. All unreadable is an error (see CheckpointDir.load_latest)."""
+    from mlip.train.distributed import on_main
+
+    found: Dict[str, Any] = {}
+
+    def on_rank0() -> Optional[str]:
+        found["obj"], path = ckpts.load_latest(log)
+        return path
+
+    path = on_main(on_rank0, dist)
+    obj = found.get("obj")
+    if path is not None and obj is None:  # another rank: read the file rank 0 chose
+        obj = load_file(path)
+    return obj, path
+
+
+def training_checkpoint(model_record: Dict[str, Any], ema: Any, optimizer: torch.optim.Optimizer, schedule: Any,
+                        state: Any, cfg: Mapping[str, Any], statistics: Mapping[str, Any]) -> Dict[str, Any]:
+    """Everything a run needs to continue exactly: the raw weights' record (``model``), EMA
+    weights and counter, optimiser, schedule, RNGs, position and history (``state``), config
+    and statistics. Plain containers and tensors only (loaded with ``weights_only=True``)."""
+    return {
+        "format": FORMAT,
+        "model": model_record,
+        "ema_state_dict": ({k: v.detach().cpu() for k, v in ema.model.state_dict().items()}
+                           if ema is not None else None),
+        "ema": ema.state_dict() if ema is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "rng": rng_state(),
+        **state.state_dict(),
+        "config": cfg,
+        "statistics": dict(statistics),
+    }
+
+
+def restore_training(obj: Mapping[str, Any], model: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer,
+                     schedule: Any, state: Any, with_epoch_metrics: bool) -> None:
+    """Put a :func:`training_checkpoint` back into the run's objects (RNGs last). A checkpoint
+    without EMA entries starts the EMA from its raw weights."""
+    model.load_state_dict(obj["model"]["state_dict"])
+    if ema is not None:
+        if obj.get("ema_state_dict") is not None and obj.get("ema") is not None:
+            ema.load_state_dict(obj["ema"], obj["ema_state_dict"])
+        else:
+            ema.load_state_dict({"num_updates": 0}, obj["model"]["state_dict"])
+    optimizer.load_state_dict(obj["optimizer"])
+    schedule.load_state_dict(obj["schedule"])
+    state.load_state_dict(obj, with_epoch_metrics=with_epoch_metrics)
+    set_rng_state(obj["rng"])

@@ -1,10 +1,13 @@
-"""The training config: schema, defaults, ``--set`` overrides and strict validation.
+"""The training config: strict validation against the schema (:mod:`~mlip.train.config_schema`),
+defaults, ``--set`` overrides, reading and writing YAML.
 
 A config is one YAML mapping with these sections (every key is optional unless marked)::
 
     seed, dtype, device, output_dir, allow_tf32     top-level scalars
     data       files, label key names, units, species, batch sizes, E0s
-    model      passed to :func:`mlip.nn.build_model` as is (``architecture``, ``r_max``, ...)
+    model      the architecture's hyperparameters (``architecture``, ``r_max``, ...), checked
+               against the registered architecture (:func:`mlip.nn.build.check_model_section`);
+               NequIP's and mace-torch's names are accepted
     loss       energy/forces/stress weights, energy per atom, mse or huber
     optim      adam/adamw, lr, weight decay, amsgrad, gradient clipping, max_epochs
     schedule   constant, plateau or cosine, with linear warm-up
@@ -29,185 +32,15 @@ import difflib
 import math
 import os
 import re
-from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import yaml
 
 from mlip.errors import InputError
+# re-exported: callers read the schema and its constants from here
+from mlip.train.config_schema import MODEL_SECTION, MOVED_KEYS, SCHEMA, STAT_MODEL_KEYS, Field  # noqa: F401
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-@dataclass(frozen=True)
-class Field:
-    """One config value: its kind, default, allowed values or range, and a one-line doc."""
-
-    kind: str                      # int, float, bool, str, choice, path, paths, symbols, e0s, mapping
-    default: Any = None
-    doc: str = ""
-    choices: Tuple[Any, ...] = ()
-    low: Optional[float] = None    # inclusive lower bound unless low_open
-    high: Optional[float] = None   # inclusive upper bound
-    low_open: bool = False
-    nullable: bool = False
-
-
-# ``model`` is a free-form mapping handed to the architecture; everything else is checked here.
-MODEL_SECTION = "model"
-
-SCHEMA: Dict[str, Any] = {
-    "seed": Field("int", 1234, "seed of weights init, data split and shuffling"),
-    "dtype": Field("choice", "float32", "dtype of weights and features", choices=("float32", "float64")),
-    "device": Field("choice", "auto", "auto = cuda when available, else cpu", choices=("auto", "cpu", "cuda")),
-    "allow_tf32": Field("bool", False, "TF32 matmuls on Ampere+ GPUs (faster, ~1e-3 relative error)"),
-    "output_dir": Field("str", "runs/mlip", "run directory: checkpoints, metrics, model, plots"),
-    "data": {
-        "root": Field("str", ".", "folder that relative data paths are taken from (relative to the cwd)"),
-        "train_file": Field("path", None, "training structures: an extxyz/ASE file, an rMD17 .npz, or a "
-                            "folder written by `mlip preprocess` (sharded HDF5, read lazily)"),
-        "train_index": Field("str", ":", "ASE index string selecting frames of train_file, e.g. '0:500'"),
-        "valid_file": Field("path", None, "validation structures; alternative to valid_fraction", nullable=True),
-        "valid_fraction": Field("float", 0.1, "fraction of train_file held out for validation (ignored "
-                                "when valid_file is set)", low=0.0, high=1.0, low_open=False),
-        "test_files": Field("paths", [], "structures to score the best model on after training"),
-        "isolated_atoms_file": Field("path", None, "single-atom structures used only for E0s "
-                                     "(with E0s: isolated)", nullable=True),
-        "format": Field("str", None, "ASE file format when the extension is ambiguous", nullable=True),
-        "keys": {
-            "energy": Field("str", "energy", "name of the energy label (atoms.info or calculator)"),
-            "forces": Field("str", "forces", "name of the forces label (atoms.arrays or calculator)"),
-            "stress": Field("str", "stress", "name of the stress label (atoms.info or calculator)"),
-        },
-        "units": {
-            "energy": Field("choice", None, "energy unit of the labels in the files (default: eV, "
-                            "and kcal/mol for rMD17 .npz files)",
-                            choices=("eV", "meV", "kcal/mol", "kJ/mol", "Hartree"), nullable=True),
-            "length": Field("choice", "A", "length unit of positions and cells in the files",
-                            choices=("A", "Angstrom", "Bohr", "nm")),
-        },
-        "npz_keys": {
-            "positions": Field("str", "coords", "array of positions [frames, atoms, 3] in a .npz"),
-            "energy": Field("str", "energies", "array of energies [frames] in a .npz"),
-            "forces": Field("str", "forces", "array of forces [frames, atoms, 3] in a .npz"),
-            "numbers": Field("str", "nuclear_charges", "array of atomic numbers in a .npz"),
-        },
-        "type_names": Field("symbols", None, "chemical symbols the model knows, in type order "
-                            "(default: those in the training data, by atomic number)", nullable=True),
-        "batch_size": Field("int", 4, "structures per training batch", low=1),
-        "valid_batch_size": Field("int", 8, "structures per validation/test batch", low=1),
-        "num_workers": Field("int", 0, "DataLoader processes that read HDF5 shards and build graphs ahead "
-                             "of the training step (HDF5 folders only; 0 = in the training process)", low=0),
-        "skip_corrupt": Field("bool", False, "HDF5 folders: replace an unreadable frame by the next readable "
-                              "one (reported once) instead of stopping with an error naming shard and frame"),
-        "min_distance": Field("float", 0.1, "two atoms closer than this (Angstrom) are an error naming the "
-                              "structure (a duplicated atom gives NaN energies); 0 = no check", low=0.0),
-        "allow_partial_labels": Field("bool", False, "accept structures that lack a label whose loss weight is "
-                                      "positive (they train on their other labels); by default every training "
-                                      "and validation structure must carry each weighted label"),
-        "E0s": Field("e0s", "least_squares", "per-species reference energies (eV): 'isolated' (from "
-                     "single-atom structures), 'least_squares' (fit to training energies) or "
-                     "{symbol: eV}"),
-    },
-    "loss": {
-        "energy_weight": Field("float", 1.0, "weight of the energy term", low=0.0),
-        "forces_weight": Field("float", 10.0, "weight of the forces term", low=0.0),
-        "stress_weight": Field("float", 0.0, "weight of the stress term", low=0.0),
-        "energy_per_atom": Field("bool", True, "energy term on (E_pred - E_ref) / N_atoms"),
-        "type": Field("choice", "mse", "per-component error function", choices=("mse", "huber")),
-        "huber_delta": Field("float", 0.01, "Huber transition point (label units)", low=0.0, low_open=True),
-    },
-    "optim": {
-        "optimizer": Field("choice", "adam", "optimiser", choices=("adam", "adamw")),
-        "lr": Field("float", 0.005, "learning rate", low=0.0, low_open=True),
-        "weight_decay": Field("float", 0.0, "weight decay (L2 for adam, decoupled for adamw)", low=0.0),
-        "amsgrad": Field("bool", True, "AMSGrad variant"),
-        "betas": Field("floats2", [0.9, 0.999], "Adam betas"),
-        "clip_grad_norm": Field("float", 10.0, "clip the gradient norm to this (null = off)",
-                                low=0.0, low_open=True, nullable=True),
-        "max_epochs": Field("int", 100, "number of epochs", low=1),
-    },
-    "schedule": {
-        "type": Field("choice", "plateau", "learning-rate schedule", choices=("constant", "plateau", "cosine")),
-        "warmup_epochs": Field("float", 0.0, "linear warm-up from 0 to lr over this many epochs", low=0.0),
-        "factor": Field("float", 0.8, "plateau: multiply lr by this on a plateau", low=0.0, high=1.0,
-                        low_open=True),
-        "patience": Field("int", 10, "plateau: epochs without improvement before reducing", low=0),
-        "threshold": Field("float", 1e-4, "plateau: relative improvement that counts", low=0.0),
-        "min_lr": Field("float", 0.0, "lower bound of the learning rate", low=0.0),
-    },
-    "ema": {
-        "enabled": Field("bool", True, "validate and save exponential-moving-average weights"),
-        "decay": Field("float", 0.99, "EMA decay per step", low=0.0, high=1.0),
-    },
-    "stage_two": {
-        "enabled": Field("bool", False, "switch loss weights and lr from start_epoch on"),
-        "start_epoch": Field("int", None, "number of stage-one epochs; stage two starts after them "
-                             "(default 75% of max_epochs)",
-                             low=0, nullable=True),
-        "lr": Field("float", 0.001, "constant learning rate in stage two", low=0.0, low_open=True),
-        "energy_weight": Field("float", 1000.0, "energy weight in stage two", low=0.0),
-        "forces_weight": Field("float", 10.0, "forces weight in stage two", low=0.0),
-        "stress_weight": Field("float", None, "stress weight in stage two (null = keep)", low=0.0,
-                               nullable=True),
-    },
-    "train": {
-        "compile": Field("bool", False, "trace energy + forces (+ stress) into one graph and compile it with "
-                         "torch.compile/inductor for the training steps (NequIP models; "
-                         "the first step of each batch-size pattern compiles, tens of seconds on a CPU). The "
-                         "environment variable MLIP_COMPILE_BACKEND picks the torch.compile backend "
-                         "(default inductor; 'none' runs the traced graph uncompiled, for debugging)"),
-        "valid_every": Field("int", 1, "validate every this many epochs (and at the last one)", low=1),
-        "checkpoint_every_steps": Field("int", 0, "also checkpoint every N optimiser steps (0 = per epoch only)",
-                                        low=0),
-        "keep_checkpoints": Field("int", 2, "number of newest checkpoints kept", low=2),
-        "early_stopping_patience": Field("int", None, "stop after this many validations without a new "
-                                         "best model (null = never)", low=1, nullable=True),
-        "max_time_minutes": Field("float", None, "wall-clock budget of this process's training loop in "
-                                  "minutes (null = none): training stops after the batch during which it "
-                                  "runs out, then saves a checkpoint, last/best model and runs the final "
-                                  "evaluation. Counted from the start of the loop (not data loading, not "
-                                  "time of earlier runs that this one resumes)", low=0.0, low_open=True,
-                                  nullable=True),
-        "best_metric_weights": {
-            "energy": Field("float", 1.0, "weight of the energy RMSE (eV/atom) in the selection metric", low=0.0),
-            "forces": Field("float", 1.0, "weight of the forces RMSE (eV/A)", low=0.0),
-            "stress": Field("float", 0.0, "weight of the stress RMSE (eV/A^3)", low=0.0),
-        },
-    },
-    "finetune": {
-        "from": Field("path", None, "model file or training checkpoint to start from (relative to the "
-                      "current directory; null = random init); architecture, r_max, avg_num_neighbors and scales come from it", nullable=True),
-        "freeze": Field("freeze", [], "parameters not trained: name prefixes (e.g. embedding, "
-                        "energy_model.readout) or interaction-layer indices (0 = energy_model.layers.0)"),
-        "reset_head": Field("bool", False, "re-initialise the readout parameters (names with 'readout')"),
-        "e0s": Field("choice", "keep", "keep: the foundation's E0s for its species, new species from "
-                     "data.E0s; data: all E0s from data.E0s", choices=("keep", "data")),
-    },
-    "logging": {
-        "progress_bar": Field("bool", True, "tqdm progress bar over the batches of an epoch"),
-        "wandb": Field("bool", False, "log metrics to Weights & Biases"),
-        "wandb_project": Field("str", "mlip", "wandb project"),
-        "wandb_name": Field("str", None, "wandb run name (default: output_dir's name)", nullable=True),
-        "wandb_mode": Field("choice", "offline", "offline unless asked", choices=("offline", "online")),
-    },
-    MODEL_SECTION: {},
-}
-
-# keys users may expect in one place that live in another: a direct hint beats a guess
-MOVED_KEYS = {
-    ("data", "r_max"): "r_max is set once, in the model section: model.r_max",
-    ("optim", "early_stopping_patience"): "use train.early_stopping_patience",
-    ("data", "test_file"): "use data.test_files (a path or a list of paths)",
-    ("data", "energy_key"): "use data.keys.energy",
-    ("data", "forces_key"): "use data.keys.forces",
-    ("data", "stress_key"): "use data.keys.stress",
-    ("optim", "scheduler"): "use the schedule section: schedule.type",
-    ("ema", "ema_decay"): "use ema.decay",
-}
-
-# statistics the trainer fills into the model section unless the user gave them
-STAT_MODEL_KEYS = ("avg_num_neighbors", "atomic_energy_shifts", "atomic_energy_scales")
 
 
 def _join(path: Sequence[str]) -> str:
@@ -402,6 +235,9 @@ def validate(raw: Mapping[str, Any], check_files: bool = True) -> Dict[str, Any]
         if key in model:
             raise InputError("species are set in data.type_names (default: from the training data)",
                              key=f"model.{key}")
+    from mlip.nn.build import check_model_section
+
+    check_model_section(model)  # against the architecture's schema, before any data is read
     lw = cfg["loss"]
     if not any(lw[f"{q}_weight"] > 0 for q in ("energy", "forces", "stress")):
         raise InputError("all loss weights are zero; set at least one of energy_weight, forces_weight, "
@@ -530,7 +366,7 @@ def describe(schema: Mapping[str, Any] = SCHEMA, prefix: str = "") -> List[str]:
     for key, sub in schema.items():
         name = f"{prefix}{key}"
         if key == MODEL_SECTION and not prefix:
-            lines.append(f"{name}.*  (architecture hyperparameters, passed to the model as is)")
+            lines.extend(_describe_model_section())
         elif isinstance(sub, dict):
             lines.extend(describe(sub, f"{name}."))
         else:
@@ -538,3 +374,24 @@ def describe(schema: Mapping[str, Any] = SCHEMA, prefix: str = "") -> List[str]:
             lines.append(f"{name} = {sub.default!r}{extra}  # {sub.doc}")
     return lines
 
+
+def _describe_model_section() -> List[str]:
+    """model.architecture, then each registered architecture's hyperparameters with defaults."""
+    import inspect
+
+    from mlip.nn.build import ARCHITECTURES, DEFAULT_ARCHITECTURE, load_architectures
+
+    load_architectures()
+    lines = [f"model.architecture = {DEFAULT_ARCHITECTURE!r} [{', '.join(sorted(ARCHITECTURES))}]"]
+    for arch in ARCHITECTURES.values():
+        params = inspect.signature(arch.model_class.__init__).parameters
+        for key in arch.hyperparameters():
+            default = params[key].default
+            upstream = sorted(k for k, v in arch.aliases.items() if v == key)
+            aka = f"  # also: {', '.join(upstream)}" if upstream else ""
+            lines.append(f"model.{key} = {default!r}  ({arch.name}){aka}")
+    return lines
+
+
+__all__ = ["SCHEMA", "MODEL_SECTION", "MOVED_KEYS", "STAT_MODEL_KEYS", "Field", "validate", "resolve_path",
+           "data_files", "parse_override", "apply_overrides", "load_yaml", "load_config", "dump_config", "describe"]

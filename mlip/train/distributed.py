@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
@@ -129,6 +129,25 @@ def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
     box = [obj if info.rank == src else None]
     dist.broadcast_object_list(box, src=src, device=_reduce_device(info))
     return box[0]
+
+
+def on_main(fn: Callable[[], Any], info: DistInfo) -> Any:
+    """``fn()`` run on rank 0, its result (or its InputError, raised) on every rank: work done
+    once (statistics, finding the checkpoint) gives one answer by construction."""
+    if not info.enabled:
+        return fn()
+    from mlip.errors import InputError
+
+    result: Any = None
+    if info.is_main:
+        try:
+            result = ("ok", fn())
+        except InputError as exc:
+            result = ("error", exc)
+    result = broadcast_object(result, info)
+    if result[0] == "error":
+        raise result[1]
+    return result[1]
 
 
 def barrier(info: DistInfo) -> None:

@@ -26,6 +26,17 @@ class LossWeights:
     stress: float
 
 
+def stage_loss_weights(loss_cfg: Mapping[str, float], stage_two_cfg: Mapping[str, Optional[float]],
+                       stage: int) -> LossWeights:
+    """The loss weights of training stage 1 (the ``loss`` section) or 2 (``stage_two``; a stress
+    weight of null keeps stage one's)."""
+    if stage == 2:
+        stress = stage_two_cfg["stress_weight"]
+        return LossWeights(stage_two_cfg["energy_weight"], stage_two_cfg["forces_weight"],
+                           loss_cfg["stress_weight"] if stress is None else stress)
+    return LossWeights(loss_cfg["energy_weight"], loss_cfg["forces_weight"], loss_cfg["stress_weight"])
+
+
 def _error(diff: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
     if kind == "mse":
         return diff.square()

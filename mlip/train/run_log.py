@@ -32,6 +32,13 @@ class Logger:
                       file=sys.stderr)
 
 
+def progress_bar(total: int, initial: int, desc: str) -> Any:
+    """A tqdm bar on stderr that disappears when done (log lines stay on stdout)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, leave=False, dynamic_ncols=True, desc=desc, file=sys.stderr)
+
+
 class WandbLogger:
     """Optional Weights & Biases logging; offline unless ``logging.wandb_mode: online``."""
 

@@ -7,7 +7,7 @@ so it is recomputed identically after a resume.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 
 class LRSchedule:
@@ -73,3 +73,12 @@ class LRSchedule:
         self.best = float(state["best"])
         self.bad_epochs = int(state["bad_epochs"])
         self.stage_two_epoch = state["stage_two_epoch"]
+
+
+def make_optimizer(params: List[Any], optim_cfg: Mapping[str, Any]) -> Any:
+    """Adam or AdamW as the ``optim`` section says (lr, betas, weight decay, AMSGrad)."""
+    import torch
+
+    cls = torch.optim.AdamW if optim_cfg["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(params, lr=optim_cfg["lr"], betas=tuple(optim_cfg["betas"]), weight_decay=optim_cfg["weight_decay"],
+               amsgrad=optim_cfg["amsgrad"])

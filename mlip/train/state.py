@@ -47,6 +47,31 @@ class TrainingState:
         self.epoch_acc = ErrorAccumulator()
         self.epoch_time = 0.0
 
+    def judge(self, metric: float) -> bool:
+        """Count one validation scored ``metric`` (lower is better) for the current epoch; True
+        when it is a new best."""
+        if metric < self.best_metric:
+            self.best_metric, self.best_epoch, self.bad_validations = metric, self.epoch, 0
+            return True
+        self.bad_validations += 1
+        return False
+
+    def add_epoch(self, stage: int, lr: float, weights: Any, train: Mapping[str, float], valid: Mapping[str, float],
+                  metric: Optional[float], is_best: bool) -> Dict[str, float]:
+        """Append the current epoch's row to the history (missing values NaN) and return it.
+        Epochs count from 1 in everything the user reads (log, CSV, plots)."""
+        row: Dict[str, float] = {"epoch": self.epoch + 1, "stage": stage, "lr": lr,
+                                 "time_s": round(self.epoch_time, 3), "energy_weight": weights.energy,
+                                 "forces_weight": weights.forces, "stress_weight": weights.stress}
+        row.update({f"train_{k}": v for k, v in train.items()})
+        row.update({f"valid_{k}": v for k, v in valid.items()})
+        if metric is not None:
+            row["metric"] = metric
+        row["best"] = int(is_best)
+        row = {k: row.get(k, math.nan) for k in HISTORY_COLUMNS}
+        self.history.append(row)
+        return row
+
     def state_dict(self) -> Dict[str, Any]:
         """The checkpoint entries of this state (names kept from checkpoint format 1)."""
         return {

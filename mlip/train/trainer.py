@@ -20,36 +20,34 @@ repeats the uninterrupted one bit for bit on the CPU.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-from mlip.checkpoint import FORMAT, atomic_file, ensure_writable_dir, model_record, save_model_file
+from mlip.checkpoint import ensure_writable_dir, model_record
 from mlip.errors import InputError, StorageError, TrainingDiverged
 from mlip.train import data as D
 from mlip.train import distributed as dist_utils
 from mlip.train import finetune as FT
-from mlip.train.checkpoints import CheckpointDir, resume_config_changes, rng_state, seed_everything, set_rng_state
-from mlip.train.config import MODEL_SECTION, dump_config
+from mlip.train.checkpoints import (CheckpointDir, find_resume, restore_training, resume_config_changes, seed_everything,
+                                   training_checkpoint)
 from mlip.train.distributed import reduce_accumulator, resolve_device
 from mlip.train.ema import EMA
-from mlip.train.evaluation import predict, set_loss, validation_metrics, write_outputs
-from mlip.train.loss import LossWeights, compute_loss
-from mlip.train.metrics import ErrorAccumulator, format_errors, format_table, weighted_metric
+from mlip.train.evaluation import set_loss, validation_metrics
+from mlip.train.loss import LossWeights, compute_loss, stage_loss_weights
+from mlip.train.metrics import format_errors, weighted_metric
 from mlip.train.model_setup import build_run_model, describe_model, load_kernels, run_model_config, step_model
-from mlip.train.run_log import Logger, WandbLogger
-from mlip.train.schedule import LRSchedule
-from mlip.train.state import HISTORY_COLUMNS, TrainingState
+from mlip.train.run_files import RunFiles
+from mlip.train.run_log import Logger, WandbLogger, progress_bar
+from mlip.train.schedule import LRSchedule, make_optimizer
+from mlip.train.state import TrainingState
 from mlip.train.step import NonFiniteStep, train_step
-from mlip.train.training_data import TrainingData
+from mlip.train.training_data import TrainingData, run_r_max
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-DEFAULT_R_MAX = 5.0  # what mlip.nn.build_model uses when model.r_max is not given
 
 
 class Trainer:
@@ -68,6 +66,7 @@ class Trainer:
         self.is_main = self.dist.is_main
         ensure_writable_dir(self.run_dir)  # before any data is read
         self.log = Logger(os.path.join(self.run_dir, "log.txt") if self.is_main else None, echo and self.is_main)
+        self.files = RunFiles(self.run_dir, self.log, lambda: (self.state.global_step, self.last_checkpoint))
         self.ckpts = CheckpointDir(os.path.join(self.run_dir, "checkpoints"), cfg["train"]["keep_checkpoints"])
         self.device = dist_device if dist_device is not None else resolve_device(cfg["device"])
         self.dtype = DTYPES[cfg["dtype"]]
@@ -78,7 +77,7 @@ class Trainer:
         if self.dist.enabled:
             self.log(f"distributed: {self.dist.world_size} processes ({self.dist.backend}), global batch "
                      f"{cfg['data']['batch_size']} structures split over them")
-        self._load_resume()
+        self._resume_obj, self._resume_path = find_resume(self.ckpts, self.log, self.dist)
         if self._resume_obj is None and resume:
             raise InputError(f"--resume given but no checkpoint found in {self.ckpts.folder}")
         if self._resume_obj is not None and resume is False:
@@ -104,58 +103,15 @@ class Trainer:
 
     # --- set-up -------------------------------------------------------------------------------
 
-    def _load_resume(self) -> None:
-        """The newest checkpoint: found (and corrupt ones set aside) by rank 0, read by every rank.
-        A folder whose checkpoints are all unreadable is an error (see CheckpointDir.load_latest)."""
-        found: Dict[str, Any] = {}
-
-        def on_main() -> Optional[str]:
-            found["obj"], path = self.ckpts.load_latest(self.log)
-            return path
-
-        path = self._on_main(on_main)
-        obj = found.get("obj")
-        if path is not None and obj is None:
-            from mlip.checkpoint import load_file
-
-            obj = load_file(path)
-        self._resume_obj, self._resume_path = obj, path
-
-    def _on_main(self, fn: Callable[[], Any]) -> Any:
-        """``fn()`` on rank 0, its result (or its InputError) on every rank."""
-        if not self.dist.enabled:
-            return fn()
-        result: Any = None
-        if self.is_main:
-            try:
-                result = ("ok", fn())
-            except InputError as exc:
-                result = ("error", exc)
-        result = dist_utils.broadcast_object(result, self.dist)
-        if result[0] == "error":
-            raise result[1]
-        return result[1]
-
-    def _r_max(self) -> float:
-        if self._resume_obj is not None:
-            config = self._resume_obj["model"]["config"]
-        elif self.foundation is not None:
-            config = self.foundation["config"]
-        else:
-            config = self.cfg[MODEL_SECTION]
-        return float(config.get("r_max", DEFAULT_R_MAX))
-
     def _setup_data_and_model(self) -> None:
         cfg = self.cfg
         resume = self._resume_obj
-        self.data = TrainingData(cfg, self._r_max(), self.log, self._on_main, resume=resume,
-                                 foundation=self.foundation)
+        self.data = TrainingData(cfg, run_r_max(cfg, resume, self.foundation), self.log, lambda fn: dist_utils.on_main(fn, self.dist),
+                                 resume=resume, foundation=self.foundation)
         self.r_max, self.type_names, self.stats = self.data.r_max, self.data.type_names, self.data.stats
         self.train_set, self.valid_set = self.data.train_set, self.data.valid_set
         if self.is_main:
-            with atomic_file(os.path.join(self.run_dir, "statistics.json"), "w") as fh:
-                json.dump(self.stats.to_dict(), fh, indent=1)
-            dump_config(cfg, os.path.join(self.run_dir, "config.yaml"))
+            self.files.write_start(self.stats, cfg)
         self.model_config = run_model_config(cfg, self.stats, self.log, resume, self.foundation, self.type_names)
         model = build_run_model(self.model_config, self.type_names, self.dtype, self.r_max, cfg["finetune"],
                                 self.log, None if resume is not None else self.foundation)
@@ -169,10 +125,7 @@ class Trainer:
 
     def _setup_optim(self) -> None:
         o = self.cfg["optim"]
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        cls = torch.optim.AdamW if o["optimizer"] == "adamw" else torch.optim.Adam
-        self.optimizer = cls(params, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"],
-                             amsgrad=o["amsgrad"])
+        self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], o)
         self.batches_per_epoch = math.ceil(len(self.train_set) / self.cfg["data"]["batch_size"])
         st = self.cfg["stage_two"]
         self.schedule = LRSchedule(self.cfg["schedule"], o["lr"], self.batches_per_epoch, o["max_epochs"],
@@ -188,26 +141,8 @@ class Trainer:
         return self.ema.model if self.ema is not None else self.model
 
     def checkpoint_state(self) -> Dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "model": self._record(self.model.state_dict()),
-            "ema_state_dict": ({k: v.detach().cpu() for k, v in self.ema.model.state_dict().items()}
-                               if self.ema is not None else None),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "rng": rng_state(),
-            **self.state.state_dict(),
-            "config": self.cfg,
-            "statistics": self.stats.to_dict(),
-        }
-
-    def _storage_error(self, exc: StorageError) -> StorageError:
-        """``exc`` plus what is still intact and how to go on."""
-        last = self.last_checkpoint or "(none yet)"
-        return StorageError(f"{exc}. Training stopped after step {self.state.global_step}; the last good checkpoint "
-                            f"{last} is intact: make room, then run the same `mlip train` command again to resume "
-                            "from it")
+        return training_checkpoint(self._record(self.model.state_dict()), self.ema, self.optimizer, self.schedule,
+                                   self.state, self.cfg, self.stats.to_dict())
 
     def save_checkpoint(self) -> str:
         """Rank 0 writes; every rank must call this (the partial epoch metrics are gathered first)."""
@@ -217,7 +152,7 @@ class Trainer:
             try:
                 self.last_checkpoint = self.ckpts.save(self.checkpoint_state(), st.global_step, st.epoch)
             except StorageError as exc:
-                raise self._storage_error(exc) from None
+                raise self.files.storage_error(exc) from None
         else:
             self.last_checkpoint = self.ckpts.path_for(st.global_step, st.epoch)
         return self.last_checkpoint
@@ -229,17 +164,8 @@ class Trainer:
             self.state.epoch_acc = reduce_accumulator(self.state.epoch_acc, self.dist, keep=self.is_main)
 
     def _load_state(self, obj: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(obj["model"]["state_dict"])
-        if self.ema is not None:
-            if obj.get("ema_state_dict") is not None and obj.get("ema") is not None:
-                self.ema.load_state_dict(obj["ema"], obj["ema_state_dict"])
-            else:
-                self.ema.load_state_dict({"num_updates": 0}, obj["model"]["state_dict"])
-        self.optimizer.load_state_dict(obj["optimizer"])
-        self.schedule.load_state_dict(obj["schedule"])
         # rank 0's accumulator holds the sums of all ranks (see save_checkpoint)
-        self.state.load_state_dict(obj, with_epoch_metrics=self.is_main)
-        set_rng_state(obj["rng"])
+        restore_training(obj, self.model, self.ema, self.optimizer, self.schedule, self.state, self.is_main)
         st = self.state
         self.log(f"resumed from {self._resume_path}: epoch {st.epoch}, batch {st.step_in_epoch}/"
                  f"{self.batches_per_epoch}, step {st.global_step}")
@@ -254,11 +180,7 @@ class Trainer:
         return 2 if s2 is not None and epoch >= s2 else 1
 
     def loss_weights(self, epoch: int) -> LossWeights:
-        lc, st = self.cfg["loss"], self.cfg["stage_two"]
-        if self.stage(epoch) == 2:
-            return LossWeights(st["energy_weight"], st["forces_weight"],
-                               lc["stress_weight"] if st["stress_weight"] is None else st["stress_weight"])
-        return LossWeights(lc["energy_weight"], lc["forces_weight"], lc["stress_weight"])
+        return stage_loss_weights(self.cfg["loss"], self.cfg["stage_two"], self.stage(epoch))
 
     def _time_is_up(self) -> bool:
         budget = self.cfg["train"]["max_time_minutes"]
@@ -296,12 +218,7 @@ class Trainer:
         to_load = ([dist_utils.shard(idx, self.dist) or idx[:1] for idx in remaining] if self.dist.enabled
                    else remaining)
         stream = D.collated_batches(self.train_set.graphs, to_load, cfg["data"]["num_workers"])
-        bar = None
-        if self.progress_bar:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(batches), initial=st.step_in_epoch, leave=False, dynamic_ncols=True,
-                       desc=f"epoch {st.epoch}", file=sys.stderr)
+        bar = progress_bar(len(batches), st.step_in_epoch, f"epoch {st.epoch}") if self.progress_bar else None
         self.model.train()
         t0 = time.perf_counter()
         try:
@@ -368,30 +285,15 @@ class Trainer:
         do_valid = len(self.valid_set) > 0 and ((epoch + 1) % cfg["train"]["valid_every"] == 0
                                                 or epoch + 1 == max_epochs)
         valid_metrics = self.validate(weights) if do_valid else {}
-        # epochs are counted from 1 in everything the user reads (log, CSV, plots)
-        row: Dict[str, float] = {"epoch": epoch + 1, "stage": self.stage(epoch),
-                                 "lr": self.optimizer.param_groups[0]["lr"], "time_s": round(st.epoch_time, 3),
-                                 "energy_weight": weights.energy, "forces_weight": weights.forces,
-                                 "stress_weight": weights.stress}
-        row.update({f"train_{k}": v for k, v in train_metrics.items()})
-        row.update({f"valid_{k}": v for k, v in valid_metrics.items()})
         judged = valid_metrics if do_valid else (train_metrics if not len(self.valid_set) else None)
-        is_best = False
-        if judged is not None:
-            metric = weighted_metric(judged, cfg["train"]["best_metric_weights"])
-            row["metric"] = metric
-            if metric < st.best_metric:
-                st.best_metric, st.best_epoch, is_best = metric, epoch, True
-                st.bad_validations = 0
-                if self.is_main:
-                    self._save_model_file("best_model.pt", {"epoch": epoch, "metric": metric, "metrics": judged})
-            else:
-                st.bad_validations += 1
-            if self.schedule.end_epoch(epoch, judged.get("loss", metric)):
-                self.log(f"plateau: learning rate reduced to {self.schedule.plateau_lr:.3g}")
-        row["best"] = int(is_best)
-        row = {k: row.get(k, math.nan) for k in HISTORY_COLUMNS}
-        st.history.append(row)
+        metric = weighted_metric(judged, cfg["train"]["best_metric_weights"]) if judged is not None else None
+        is_best = metric is not None and st.judge(metric)
+        if is_best and self.is_main:
+            self._save_model_file("best_model.pt", {"epoch": epoch, "metric": metric, "metrics": judged})
+        if judged is not None and self.schedule.end_epoch(epoch, judged.get("loss", metric)):
+            self.log(f"plateau: learning rate reduced to {self.schedule.plateau_lr:.3g}")
+        row = st.add_epoch(self.stage(epoch), self.optimizer.param_groups[0]["lr"], weights, train_metrics,
+                           valid_metrics, metric, is_best)
         if self.is_main:
             self._write_csv()
         if self.wandb is not None:
@@ -486,51 +388,19 @@ class Trainer:
     # --- outputs ------------------------------------------------------------------------------
 
     def _save_model_file(self, name: str, info: Mapping[str, Any]) -> str:
-        path = os.path.join(self.run_dir, name)
-        weights = self._eval_model().state_dict()
-        try:
-            save_model_file(path, self._record(weights), {"statistics": self.stats.to_dict(),
-                                                          "training": dict(info)})
-        except StorageError as exc:
-            raise self._storage_error(exc) from None
-        return path
+        return self.files.save_model(name, self._record(self._eval_model().state_dict()), self.stats, info)
 
     def _write_csv(self) -> None:
-        try:
-            with atomic_file(os.path.join(self.run_dir, "metrics.csv"), "w") as fh:
-                self.state.write_csv(fh)
-        except StorageError as exc:
-            raise self._storage_error(exc) from None
+        self.files.write_csv(self.state)
 
     def write_learning_curve(self) -> Optional[str]:
-        from mlip.train.plots import learning_curve
-
-        try:
-            return learning_curve(self.state.history, os.path.join(self.run_dir, "learning_curve.png"),
-                                  self.schedule.stage_two_epoch if self.cfg["stage_two"]["enabled"] else None)
-        except Exception as exc:  # a plot must never cost a run
-            self.log(f"warning: learning curve not written ({type(exc).__name__}: {exc})")
-            return None
+        return self.files.learning_curve(self.state, self.schedule.stage_two_epoch
+                                         if self.cfg["stage_two"]["enabled"] else None)
 
     def final_evaluation(self, model_path: str) -> Dict[str, Dict[str, float]]:
         """Score the best model on the validation set and every test file; print a table."""
-        from mlip.checkpoint import load_model
-
-        model = load_model(model_path, device=str(self.device))
-        model.eval()
-        rows: Dict[str, Dict[str, float]] = {}
-        out_dir = os.path.join(self.run_dir, "test")
-        for name, gs in self.data.test_sets():
-            pred = predict(model, gs.graphs, self.cfg["data"]["valid_batch_size"], self.device, gs.has_stress(),
-                           sources=gs.sources, keep=True)
-            write_outputs(pred, out_dir, name)
-            rows[name] = pred.metrics
-        if rows:
-            self.log(f"errors of {os.path.basename(model_path)} (EMA weights):\n{format_table(rows)}")
-        self.log(f"model: {model_path}\nlearning curve: {os.path.join(self.run_dir, 'learning_curve.png')}\n"
-                 f"metrics per epoch: {os.path.join(self.run_dir, 'metrics.csv')}"
-                 + (f"\nparity plots and per-structure errors: {out_dir}" if rows else ""))
-        return rows
+        return self.files.final_evaluation(model_path, self.data.test_sets(), self.device,
+                                           self.cfg["data"]["valid_batch_size"])
 
 
 def train(cfg: Dict[str, Any], resume: Optional[bool] = None, echo: bool = True) -> Dict[str, Any]:

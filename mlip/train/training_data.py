@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -27,6 +27,20 @@ from mlip.train.labels import check_coverage, format_coverage, weighted_labels
 from mlip.train.statistics import Statistics, compute_statistics, infer_type_names, split_isolated
 
 GraphSource = Union[D.GraphSet, D.HDF5GraphSet]
+DEFAULT_R_MAX = 5.0  # what mlip.nn.build_model uses when model.r_max is not given
+
+
+def run_r_max(cfg: Mapping[str, Any], resume: Optional[Mapping[str, Any]] = None,
+              foundation: Optional[Mapping[str, Any]] = None) -> float:
+    """The cutoff (Angstrom) the graphs are built with: the model's, wherever it comes from
+    (the checkpoint being resumed, the foundation model, else the config's model section)."""
+    if resume is not None:
+        config = resume["model"]["config"]
+    elif foundation is not None:
+        config = foundation["config"]
+    else:
+        config = cfg["model"]
+    return float(config.get("r_max", DEFAULT_R_MAX))
 
 
 class TrainingData:
@@ -239,4 +253,4 @@ class TrainingData:
         return sets
 
 
-__all__ = ["TrainingData", "GraphSource"]
+__all__ = ["TrainingData", "GraphSource", "run_r_max"]
