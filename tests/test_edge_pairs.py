@@ -80,11 +80,23 @@ def test_collate_offsets_pairs(rng):
     assert K.EDGE_PAIR not in mixed and K.PAIR_EDGE not in mixed
 
 
+MODELS = {
+    "nequip": dict(architecture="nequip", num_layers=2, channels=6),
+    "mace": dict(architecture="mace", num_interactions=2, channels=6, max_L=1, correlation=2, radial_hidden=8),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
 @pytest.mark.parametrize("parity,l_max", [(True, 2), (False, 1)])
-def test_pair_path_equals_per_edge_path(rng, parity, l_max):
+def test_pair_path_equals_per_edge_path(rng, arch, parity, l_max):
+    """Every architecture reads the pairing (radial MLPs once per pair) with the same results."""
     torch.manual_seed(0)
-    model = build_model(dict(architecture="nequip", num_layers=2, channels=6, l_max=l_max, parity=parity,
-                             r_max=R_MAX, avg_num_neighbors=4.0), TYPES, torch.float64)
+    model = build_model(dict(MODELS[arch], l_max=l_max, parity=parity, r_max=R_MAX, avg_num_neighbors=4.0),
+                        TYPES, torch.float64)
+    if arch == "mace":  # the pairing must actually be used: count the rows the radial MLPs see
+        rows = []
+        for layer in model.energy_model.layers:
+            layer.radial_mlp.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[0]))
     tm = TypeMapper(TYPES)
     graphs = [frame_to_graph(f, tm, R_MAX) for f in frames_from_atoms_list(_structures(rng))]
     batch = collate(graphs)
@@ -98,6 +110,10 @@ def test_pair_path_equals_per_edge_path(rng, parity, l_max):
         grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
         outs.append(({k: out[k].detach() for k in (K.TOTAL_ENERGY, K.FORCES, K.STRESS)}, grads))
     (paired, g_paired), (per_edge, g_per_edge) = outs
+    if arch == "mace":
+        n_layers = len(model.energy_model.layers)
+        assert rows[:n_layers] == [batch[K.PAIR_EDGE].shape[0]] * n_layers
+        assert rows[n_layers:] == [batch[K.EDGE_INDEX].shape[1]] * n_layers
     for k in paired:
         torch.testing.assert_close(paired[k], per_edge[k], rtol=1e-10, atol=1e-10)
     assert len(g_paired) == len(g_per_edge)

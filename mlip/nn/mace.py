@@ -83,15 +83,17 @@ class MACELayer(nn.Module):
         self.irreps_out = e3nn_irreps(out_irreps, channels)
 
     def atomic_basis(self, x: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor,
-                     edge_index: torch.Tensor) -> torch.Tensor:
+                     edge_index: torch.Tensor, edge_pair: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``edge_radial`` per edge, or per pair of opposite edges with ``edge_pair`` [E] (the
+        pair of each edge): the radial MLP then runs once per pair."""
         h = self.linear_up(x)
         weights = self.radial_mlp(edge_radial)
-        msg = self.message(h, edge_sh, weights, edge_index) * self.inv_avg_num_neighbors
+        msg = self.message(h, edge_sh, weights, edge_index, edge_pair) * self.inv_avg_num_neighbors
         return self.linear_a(msg)
 
     def forward(self, x: torch.Tensor, atom_types: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor,
-                edge_index: torch.Tensor):
-        a = self.atomic_basis(x, edge_sh, edge_radial, edge_index)
+                edge_index: torch.Tensor, edge_pair: Optional[torch.Tensor] = None):
+        a = self.atomic_basis(x, edge_sh, edge_radial, edge_index, edge_pair)
         h = self.linear_out(self.product(a, atom_types))
         residual = self.residual
         if residual is not None:
@@ -153,11 +155,16 @@ class MACEModel(nn.Module):
     def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         atom_types = data[K.ATOM_TYPES]
         edge_index = data[K.EDGE_INDEX]
-        edge_sh, edge_radial = self.edges(data[K.EDGE_VECTORS])
+        edge_pair: Optional[torch.Tensor] = None
+        pair_edge: Optional[torch.Tensor] = None
+        if K.EDGE_PAIR in data and K.PAIR_EDGE in data:
+            # opposite edges have the same length: radial basis and MLPs once per pair
+            edge_pair, pair_edge = data[K.EDGE_PAIR], data[K.PAIR_EDGE]
+        edge_sh, edge_radial = self.edges(data[K.EDGE_VECTORS], pair_edge)
         x = self.embedding(atom_types)
         energy = torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
         for layer in self.layers:
-            x, e = layer(x, atom_types, edge_sh, edge_radial, edge_index)
+            x, e = layer(x, atom_types, edge_sh, edge_radial, edge_index, edge_pair)
             energy = energy + e
         data[K.ATOMIC_ENERGY] = self.scale_shift(energy, atom_types)
         return data
