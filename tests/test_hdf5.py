@@ -106,3 +106,39 @@ def test_preprocess_cli(tmp_path, capsys):
     assert main(["preprocess", SI, "-o", str(tmp_path / "out"), "--frames-per-shard", "4", "--r-max", "4.0"]) == 0
     assert "wrote 3 shard(s)" in capsys.readouterr().out
     assert read_manifest(str(tmp_path / "out"))["graph_r_max"] == 4.0
+
+
+def test_shard_layout_is_the_documented_format(tmp_path, frames):
+    """Shards written from the field table keep format mlip-hdf5-1 byte layout (names, dtypes,
+    shapes), so folders written by earlier versions and this one read the same; frames read
+    back equal what was written, a missing label as None, a molecule's cell as zeros."""
+    import h5py
+
+    from ase import Atoms
+
+    from mlip.data import frames_from_atoms_list
+
+    mol = frames_from_atoms_list([Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])])[0]
+    mol.energy, mol.stress = -14.2, None
+    written = [frames[0], mol, frames[1]]
+    write_shards(written, str(tmp_path), graph_r_max=3.0)
+    with h5py.File(os.path.join(str(tmp_path), "shard_00000.h5"), "r") as h5:
+        atoms = sum(len(f) for f in written)
+        layout = {name: (h5[name].dtype.str, h5[name].shape) for name in h5}
+    assert layout == {
+        "positions": ("<f8", (atoms, 3)), "numbers": ("<i2", (atoms,)), "forces": ("<f8", (atoms, 3)),
+        "atom_ptr": ("<i8", (4,)), "cell": ("<f8", (3, 3, 3)), "pbc": ("|b1", (3, 3)), "energy": ("<f8", (3,)),
+        "stress": ("<f8", (3, 3, 3)), "edge_index": ("<i4", layout["edge_index"][1]),
+        "edge_shift": ("|i1", layout["edge_shift"][1]), "edge_ptr": ("<i8", (4,))}
+    ds = HDF5Dataset([str(tmp_path)], ["H", "O", "Si"], 3.0)
+    for i, ref in enumerate(written):
+        got = ds.read_frame(i)
+        np.testing.assert_array_equal(got.positions, ref.positions)
+        np.testing.assert_array_equal(got.numbers, ref.numbers)
+        assert got.energy == ref.energy and got.numbers.dtype == np.int64 and got.pbc.dtype == bool
+        for label in ("forces", "stress"):
+            if getattr(ref, label) is None:
+                assert getattr(got, label) is None
+            else:
+                np.testing.assert_array_equal(getattr(got, label), getattr(ref, label))
+    assert not ds.read_frame(1).cell.any()

@@ -16,7 +16,7 @@ worker opens its own file handles.
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -90,24 +90,57 @@ class StreamingStatistics:
         }
 
 
-@dataclass
-class _ShardBuffer:
-    positions: List[np.ndarray]
-    numbers: List[np.ndarray]
-    forces: List[np.ndarray]
-    cell: List[np.ndarray]
-    pbc: List[np.ndarray]
-    energy: List[float]
-    stress: List[np.ndarray]
-    edge_index: List[np.ndarray]
-    edge_shift: List[np.ndarray]
+@dataclass(frozen=True)
+class StoredField:
+    """One per-atom or per-frame array of a shard: the :class:`~mlip.data.frames.Frame`
+    attribute it holds, its dtype and per-item shape. A label that a frame lacks is stored
+    as NaN and read back as None."""
 
-    @classmethod
-    def empty(cls) -> "_ShardBuffer":
-        return cls(*([] for _ in range(9)))
+    name: str                  # the Frame attribute and the dataset's name
+    per: str                   # "atom": concatenated over frames (atom_ptr); "frame": stacked
+    dtype: str                 # numpy dtype on disk
+    shape: Tuple[int, ...]     # shape of one atom's / one frame's value
+    label: bool = False        # may be missing (NaN on disk, None in the Frame)
 
-    def __len__(self) -> int:
-        return len(self.energy)
+
+# the one declaration of what a shard holds; writing and reading both loop over it
+STORED_FIELDS = (
+    StoredField("positions", "atom", "f8", (3,)),
+    StoredField("numbers", "atom", "i2", ()),
+    StoredField("forces", "atom", "f8", (3,), label=True),
+    StoredField("cell", "frame", "f8", (3, 3)),
+    StoredField("pbc", "frame", "bool", (3,)),
+    StoredField("energy", "frame", "f8", (), label=True),
+    StoredField("stress", "frame", "f8", (3, 3), label=True),
+)
+
+
+def _stored_value(frame: Frame, field: StoredField) -> np.ndarray:
+    """What a frame stores for ``field`` (NaN for a missing label; a zero cell when not periodic)."""
+    value = getattr(frame, field.name)
+    if field.name == "cell" and not frame.pbc.any():
+        value = np.zeros((3, 3))
+    if value is None:
+        shape = ((len(frame),) if field.per == "atom" else ()) + field.shape
+        value = np.full(shape, np.nan)
+    return np.asarray(value)
+
+
+def _frame_values(h5, a: int, b: int, local: int) -> Dict[str, object]:
+    """Frame attributes read from a shard: atoms a:b, frame ``local``; missing labels None."""
+    values: Dict[str, object] = {}
+    for field in STORED_FIELDS:
+        value = h5[field.name][a:b] if field.per == "atom" else h5[field.name][local]
+        if field.label and np.isnan(value).any():
+            value = None
+        elif field.name == "energy":
+            value = float(value)
+        elif field.name == "numbers":
+            value = value.astype(np.int64)
+        elif field.name == "pbc":
+            value = value.astype(bool)
+        values[field.name] = value
+    return values
 
 
 def write_shards(frames: Iterable[Frame], out_dir: str, frames_per_shard: int = 10000,
@@ -124,58 +157,56 @@ def write_shards(frames: Iterable[Frame], out_dir: str, frames_per_shard: int = 
     os.makedirs(out_dir, exist_ok=True)
     stats = StreamingStatistics()
     shards: List[Dict[str, object]] = []
-    buf = _ShardBuffer.empty()
+
+    def empty_buffer() -> Dict[str, List[np.ndarray]]:
+        return {name: [] for name in [f.name for f in STORED_FIELDS] + ["edge_index", "edge_shift"]}
+
+    buf = empty_buffer()
 
     def flush():
         nonlocal buf
-        if not len(buf):
+        if not buf["positions"]:
             return
         name = f"shard_{len(shards):05d}.h5"
         tmp = os.path.join(out_dir, f".{name}.tmp")
-        sizes = np.array([len(n) for n in buf.numbers])
+        sizes = np.array([len(n) for n in buf["numbers"]])
         with h5py.File(tmp, "w") as h5:
             h5.attrs["format"] = FORMAT
-            h5.create_dataset("positions", data=np.concatenate(buf.positions), chunks=True)
-            h5.create_dataset("numbers", data=np.concatenate(buf.numbers).astype(np.int16), chunks=True)
-            h5.create_dataset("forces", data=np.concatenate(buf.forces), chunks=True)
+            for field in STORED_FIELDS:
+                if field.per == "atom":  # flat over atoms, chunked: frames are read as slices
+                    h5.create_dataset(field.name, data=np.concatenate(buf[field.name]).astype(field.dtype),
+                                      chunks=True)
+                else:
+                    h5.create_dataset(field.name, data=np.stack(buf[field.name]).astype(field.dtype))
             h5.create_dataset("atom_ptr", data=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
-            h5.create_dataset("cell", data=np.stack(buf.cell))
-            h5.create_dataset("pbc", data=np.stack(buf.pbc))
-            h5.create_dataset("energy", data=np.array(buf.energy, dtype=np.float64))
-            h5.create_dataset("stress", data=np.stack(buf.stress))
             if graph_r_max is not None:
                 h5.attrs["graph_r_max"] = float(graph_r_max)
-                edges = np.array([e.shape[1] for e in buf.edge_index])
-                h5.create_dataset("edge_index", data=np.concatenate(buf.edge_index, axis=1).astype(np.int32), chunks=True)
-                h5.create_dataset("edge_shift", data=np.concatenate(buf.edge_shift).astype(np.int8), chunks=True)
+                edges = np.array([e.shape[1] for e in buf["edge_index"]])
+                h5.create_dataset("edge_index", data=np.concatenate(buf["edge_index"], axis=1).astype(np.int32),
+                                  chunks=True)
+                h5.create_dataset("edge_shift", data=np.concatenate(buf["edge_shift"]).astype(np.int8), chunks=True)
                 h5.create_dataset("edge_ptr", data=np.concatenate([[0], np.cumsum(edges)]).astype(np.int64))
         os.replace(tmp, os.path.join(out_dir, name))  # a shard appears whole or not at all
-        shards.append({"file": name, "frames": len(buf)})
-        buf = _ShardBuffer.empty()
+        shards.append({"file": name, "frames": len(buf["positions"])})
+        buf = empty_buffer()
 
     for frame in frames:
-        n = len(frame)
         if graph_r_max is None and min_distance > 0:
             # a short-range list just for the check (a cell list with bins of ~1 A stays small)
             neighbor_list(frame.positions, frame.cell, frame.pbc, max(min_distance, 1.0), frame.source, min_distance)
-        buf.positions.append(frame.positions)
-        buf.numbers.append(frame.numbers)
-        buf.forces.append(frame.forces if frame.forces is not None else np.full((n, 3), np.nan))
-        buf.cell.append(frame.cell if frame.pbc.any() else np.zeros((3, 3)))
-        buf.pbc.append(frame.pbc)
-        buf.energy.append(frame.energy if frame.energy is not None else np.nan)
-        buf.stress.append(frame.stress if frame.stress is not None else np.full((3, 3), np.nan))
+        for field in STORED_FIELDS:
+            buf[field.name].append(_stored_value(frame, field))
         num_edges = None
         if graph_r_max is not None:
             edge_index, shifts = neighbor_list(frame.positions, frame.cell, frame.pbc, graph_r_max, frame.source,
                                                min_distance)
             if np.abs(shifts).max(initial=0) > 127:
                 raise InputError("cell shift beyond int8 range; is the cell tiny compared with r_max?", frame.source)
-            buf.edge_index.append(edge_index)
-            buf.edge_shift.append(shifts)
+            buf["edge_index"].append(edge_index)
+            buf["edge_shift"].append(shifts)
             num_edges = edge_index.shape[1]
         stats.add(frame, num_edges)
-        if len(buf) >= frames_per_shard:
+        if len(buf["positions"]) >= frames_per_shard:
             flush()
     flush()
     if not shards:
@@ -306,15 +337,7 @@ class HDF5Dataset(Dataset):
         h5, ptrs = self._file(shard)
         a, b = int(ptrs["atom_ptr"][local]), int(ptrs["atom_ptr"][local + 1])
         try:
-            energy = float(h5["energy"][local])
-            stress = h5["stress"][local]
-            forces = h5["forces"][a:b]
-            frame = Frame(positions=h5["positions"][a:b], numbers=h5["numbers"][a:b].astype(np.int64),
-                          cell=h5["cell"][local], pbc=h5["pbc"][local].astype(bool),
-                          energy=None if np.isnan(energy) else energy,
-                          forces=None if np.isnan(forces).any() else forces,
-                          stress=None if np.isnan(stress).any() else stress,
-                          source=f"{self.shard_paths[shard]}:{local}")
+            frame = Frame(**_frame_values(h5, a, b, local), source=f"{self.shard_paths[shard]}:{local}")
         except Exception as exc:
             raise InputError(f"cannot read frame ({type(exc).__name__}: {_first_line(exc)})",
                              self.shard_paths[shard], local) from None
