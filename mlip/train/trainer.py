@@ -32,7 +32,7 @@ from mlip.errors import InputError, StorageError, TrainingDiverged
 from mlip.train import data as D
 from mlip.train import distributed as dist_utils
 from mlip.train import finetune as FT
-from mlip.train.checkpoints import (CheckpointDir, find_resume, restore_training, resume_config_changes, seed_everything,
+from mlip.train.resume import (CheckpointDir, find_resume, restore_training, resume_config_changes, seed_everything,
                                    training_checkpoint)
 from mlip.train.distributed import reduce_accumulator, resolve_device
 from mlip.train.ema import EMA

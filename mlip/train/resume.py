@@ -1,4 +1,5 @@
-"""Training checkpoints: numbered files written atomically, the newest readable one resumed.
+"""Exact resume: training checkpoints (numbered files written atomically, the newest readable one
+resumed), what they hold (training_checkpoint / restore_training) and the RNG states.
 
 Files are ``<run>/checkpoints/ckpt-<global step>-e<epoch>.pt``; the ``keep`` newest are kept.
 Each is a plain dict (tensors, numbers, strings, lists, dicts) read with
