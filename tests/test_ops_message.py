@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mlip.nn.build import default_dtype
-from mlip.ops import cpu_message, reference_ops
+from mlip.ops import cpu_message, current_policy, reference_ops
 from mlip.ops.cpu_message import fused_message_cpu
 from mlip.ops.message import MessagePassing, message_grouped, message_reference
 from mlip.ops.tensor_product import TensorProductSpec, reachable_irreps
@@ -113,15 +113,15 @@ def test_message_passing_picks_the_cpu_kernel(monkeypatch):
     with default_dtype(torch.float64):  # Clebsch-Gordan buffer computed in float64
         mp = MessagePassing(spec, 5)
     edge_index, x, y, w = _inputs(spec)
-    assert mp._fused_kind(x) == "cpu"
+    assert current_policy().message_kernel(mp.backend, x.device.type) == "cpu"
     with reference_ops():
-        assert mp._fused_kind(x) == ""
+        assert current_policy().message_kernel(mp.backend, x.device.type) == "torch"
         ref = mp(x, y, w, edge_index)
     torch.testing.assert_close(mp(x, y, w, edge_index), ref, rtol=1e-12, atol=1e-12)
     # without the kernel (no compiler, or switched off) "auto" falls back to torch
     monkeypatch.setattr(cpu_message, "_STATE", {})
     monkeypatch.setenv("MLIP_CPU_KERNEL", "0")
-    assert mp._fused_kind(x) == ""
+    assert current_policy().message_kernel(mp.backend, x.device.type) == "torch"
     torch.testing.assert_close(mp(x, y, w, edge_index), ref, rtol=1e-12, atol=1e-12)
     with pytest.raises(RuntimeError, match="MLIP_CPU_KERNEL=0"):
         fused_message_cpu(x, y, w, edge_index, spec, 7)

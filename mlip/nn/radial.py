@@ -6,6 +6,8 @@ from typing import List
 import torch
 from torch import nn
 
+from mlip.ops.silu import silu_gain
+
 
 class BesselBasis(nn.Module):
     """sqrt(2 / r_max) * sin(n pi r / r_max) / r for n = 1..num_basis, frequencies trainable."""
@@ -77,14 +79,8 @@ class RadialMLP(nn.Module):
         for k, w in enumerate(self.weights):
             x = x @ (w * self.scales[k])
             if k < n - 1:
-                if torch.jit.is_scripting():
-                    x = torch.nn.functional.silu(x) * self.act_gain
+                if not torch.jit.is_scripting():  # not compiled by TorchScript, see mlip.ops.policy
+                    x = silu_gain(x, self.act_gain)  # fused derivatives on CPU where the policy allows
                 else:
-                    x = self._activation(x)
+                    x = torch.nn.functional.silu(x) * self.act_gain
         return x.view(-1, self.num_paths, self.channels)
-
-    @torch.jit.unused
-    def _activation(self, x: torch.Tensor) -> torch.Tensor:
-        """gain * silu(x), with fused derivatives on CPU (see :mod:`mlip.ops.silu`)."""
-        from mlip.ops.silu import silu_gain
-        return silu_gain(x, self.act_gain)

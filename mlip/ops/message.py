@@ -4,7 +4,8 @@
 
 This module is the torch reference (and the CPU path). It is the only place the model
 touches per-edge messages, so a fused kernel can replace it without changing the model:
-:class:`MessagePassing` dispatches on ``backend`` ("auto", "torch" or "triton").
+:class:`MessagePassing` runs the kernel that :mod:`mlip.ops.policy` chooses for its ``backend``
+("auto", "torch", "cpu" or "triton"), the tensors' device and the context.
 """
 
 from typing import List, Optional, Tuple
@@ -12,7 +13,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from mlip.ops import fused_ops_disabled, traceable_ops_only
+from mlip.ops import cpu_message
+from mlip.ops.policy import MESSAGE_BACKENDS, current_policy
 from mlip.ops.tensor_product import TensorProductSpec
 
 
@@ -75,12 +77,13 @@ class MessagePassing(nn.Module):
     ``backend``: "torch" always uses the plain-torch path (:func:`message_grouped`); "triton"
     requires the fused GPU kernel, "cpu" the fused C++ kernel; "auto" uses the fused kernel
     that fits the tensors' device when it is available (Triton on CUDA, C++ on CPU), else torch.
-    TorchScript (exported models, LAMMPS) always runs the torch path.
+    TorchScript (exported models, LAMMPS) always runs the torch path. The full rules, contexts
+    included: :mod:`mlip.ops.policy`.
     """
 
     def __init__(self, spec: TensorProductSpec, channels: int, backend: str = "auto"):
         super().__init__()
-        if backend not in ("auto", "torch", "triton", "cpu"):
+        if backend not in MESSAGE_BACKENDS:
             raise ValueError(f"backend must be 'auto', 'torch', 'triton' or 'cpu', got '{backend}'")
         self.spec = spec
         self.channels = channels
@@ -97,43 +100,24 @@ class MessagePassing(nn.Module):
                 edge_index: torch.Tensor, edge_pair: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``edge_weights`` [E, P, C], or [pairs, P, C] with ``edge_pair`` [E] (the row of each edge:
         opposite edges have the same length, hence the same radial weights)."""
-        if not torch.jit.is_scripting():
-            kind = self._fused_kind(node_feats)
-            if kind == "cpu":  # reads the shared rows itself
-                return self._fused(kind, node_feats, edge_sh, edge_weights, edge_index, edge_pair)
-            if kind != "":
-                if edge_pair is not None:
-                    edge_weights = edge_weights.index_select(0, edge_pair)
-                return self._fused(kind, node_feats, edge_sh, edge_weights, edge_index, None)
+        if not torch.jit.is_scripting():  # not compiled by TorchScript, see mlip.ops.policy
+            kernel = current_policy().message_kernel(self.backend, node_feats.device.type)
+            if kernel != "torch":
+                return self._fused(kernel, node_feats, edge_sh, edge_weights, edge_index, edge_pair)
         if edge_pair is not None:
             edge_weights = edge_weights.index_select(0, edge_pair)
         return message_grouped(node_feats, edge_sh, edge_weights, edge_index, self.cg.to(node_feats.dtype),
                                self.weight_groups, node_feats.shape[0])
 
-    @torch.jit.unused
-    def _fused(self, kind: str, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
+    def _fused(self, kernel: str, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
                edge_index: torch.Tensor, edge_pair: Optional[torch.Tensor]) -> torch.Tensor:
-        if kind == "cpu":
-            from mlip.ops.cpu_message import fused_message_cpu
-            return fused_message_cpu(node_feats, edge_sh, edge_weights, edge_index, self.spec, node_feats.shape[0],
-                                     edge_pair)
+        """The message step by the fused ``kernel`` ("cpu" or "triton"); eager calls only."""
+        if kernel == "cpu":  # reads the shared rows itself
+            return cpu_message.fused_message_cpu(node_feats, edge_sh, edge_weights, edge_index, self.spec,
+                                                 node_feats.shape[0], edge_pair)
+        if edge_pair is not None:
+            edge_weights = edge_weights.index_select(0, edge_pair)
+        # imported at the call: Triton takes seconds to import, and where it is missing an explicit
+        # backend="triton" fails here, with the import's own error
         from mlip.ops.triton_message import fused_message
         return fused_message(node_feats, edge_sh, edge_weights, edge_index, self.spec, node_feats.shape[0])
-
-    @torch.jit.unused
-    def _fused_kind(self, node_feats: torch.Tensor) -> str:
-        """"triton", "cpu" or "" (torch path) for these tensors."""
-        if self.backend == "torch":
-            return ""
-        if fused_ops_disabled():  # while tracing, only the CPU kernel (registered for tracing) stays
-            if traceable_ops_only() and node_feats.device.type == "cpu":
-                from mlip.ops.cpu_message import cpu_kernel_traceable
-                return "cpu" if cpu_kernel_traceable() else ""
-            return ""
-        if self.backend in ("triton", "cpu"):
-            return self.backend
-        if node_feats.is_cuda:
-            from mlip.ops import triton_available
-            return "triton" if triton_available(node_feats.device) else ""
-        from mlip.ops.cpu_message import cpu_kernel_available
-        return "cpu" if node_feats.device.type == "cpu" and cpu_kernel_available() else ""

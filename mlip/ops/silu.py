@@ -9,7 +9,7 @@ needed by training) fall back to differentiable torch expressions.
 
 import torch
 
-from mlip.ops import fused_ops_disabled
+from mlip.ops.policy import current_policy
 
 
 # below this many elements the two Python autograd Functions cost more than the passes they save
@@ -66,12 +66,10 @@ class _SiLUGainGrad(torch.autograd.Function):
 
 
 def silu_gain(x: torch.Tensor, gain: float) -> torch.Tensor:
-    """``gain * silu(x)``: fused kernels for CPU tensors when the CPU extension is available
-    (and the tensor is big enough for memory passes, not per-call overhead, to dominate)."""
-    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.numel() >= FUSED_MIN_NUMEL
-            and not fused_ops_disabled()):
-        from mlip.ops.cpu_message import cpu_kernel_available
-
-        if cpu_kernel_available():
-            return _SiLUGain.apply(x, gain)
+    """``gain * silu(x)``: the fused kernels where the kernel policy lets them run (CPU tensors,
+    eager calls, the CPU extension built; see :mod:`mlip.ops.policy`) and the tensor suits them:
+    float32 or float64, and big enough for memory passes, not per-call overhead, to dominate."""
+    if (x.dtype in (torch.float32, torch.float64) and x.numel() >= FUSED_MIN_NUMEL
+            and current_policy().fused_silu(x.device.type)):
+        return _SiLUGain.apply(x, gain)
     return silu_gain_torch(x, gain)
