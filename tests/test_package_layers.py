@@ -17,6 +17,7 @@ LAYERS = [
     {"nn"},
     {"checkpoint"},
     {"train", "deploy"},
+    {"validate"},
     {"cli", "demo", "benchmark_cli", "__init__"},
     {"__main__"},
 ]
