@@ -169,6 +169,8 @@ def test_errors(files, tmp_path):
         MLIPCalculator(str(bad))
     with pytest.raises(InputError):
         MLIPCalculator([])
+    with pytest.raises(InputError, match="must be an mlip Potential"):
+        MLIPCalculator(torch.nn.Linear(2, 2))  # a module, but no Potential to run the exported model's wrapper on
     calc = MLIPCalculator(files["x"])
     atoms = Atoms("SiO", positions=[[0, 0, 0], [1.5, 0, 0]])
     atoms.calc = calc

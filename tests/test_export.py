@@ -192,3 +192,61 @@ def test_mace_export_equals_python_model(tmp_path):
     torch.testing.assert_close(out["forces"], ref["forces"], atol=1e-10, rtol=0)
     torch.testing.assert_close(out["virial"], ref["virial"], atol=1e-10, rtol=0)
     torch.testing.assert_close(out["atomic_energy"], ref["atomic_energy"], atol=1e-10, rtol=0)
+
+
+class _RecordingEnergyModel(torch.nn.Module):
+    """A stand-in network in ``dtype`` that records what it is given; its atomic energies (float64,
+    as mlip's ScaleShift returns them) are the summed squared lengths of each atom's edges (eV)."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones((), dtype=dtype))
+        self.seen = {}
+
+    def forward(self, data):
+        from mlip.data import keys as K
+
+        self.seen = {k: v.dtype for k, v in data.items()}
+        vectors = data[K.EDGE_VECTORS]
+        per_edge = self.weight * (vectors * vectors).sum(-1)
+        energy = torch.zeros(data[K.POSITIONS].shape[0], dtype=per_edge.dtype).index_add(0, data[K.EDGE_INDEX][0],
+                                                                                           per_edge)
+        data[K.ATOMIC_ENERGY] = energy.to(torch.float64).unsqueeze(-1)
+        return data
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_wrapper_translates_onto_the_potential(dtype, monkeypatch):
+    """LammpsModel builds the Potential's graph from the plugin's dictionary (registry names;
+    geometry in float64, the network's input cast to its dtype; registry-declared optional
+    inputs passed on) and takes energy, forces and virial from the Potential's own code path."""
+    from mlip.data import keys as K
+    from mlip.data.frames import frames_from_atoms_list
+    from mlip.data.graph import TypeMapper, frame_to_graph, to_device
+    from mlip.deploy.export import LammpsModel
+    from mlip.nn import Potential
+
+    # an optional field declared in the registry only: it reaches the network with no other change
+    monkeypatch.setitem(K.FIELDS, "edge_test_label", K.Field("edge_test_label", "edge", optional=True))
+    net = _RecordingEnergyModel(dtype)
+    potential = Potential(net, TYPE_NAMES, 3.5)
+    graph = frame_to_graph(frames_from_atoms_list([triclinic()])[0], TypeMapper(TYPE_NAMES), 3.5, torch.float64)
+    inputs = contract_inputs(graph)
+    inputs["edge_test_label"] = torch.ones(inputs["edge_index"].shape[1], dtype=torch.float64)
+    out = LammpsModel(potential, dtype)(dict(inputs))
+    assert sorted(out) == ["atomic_energy", "forces", "total_energy", "virial"]
+    assert all(v.dtype == torch.float64 and not v.requires_grad for v in out.values())
+    seen = dict(net.seen)
+    for name in (K.EDGE_VECTORS, K.POSITIONS, K.CELL, K.EDGE_CELL_SHIFT, "edge_test_label"):
+        assert seen.pop(name) == dtype, name
+    assert seen == {K.ATOM_TYPES: torch.long, K.EDGE_INDEX: torch.long, K.BATCH: torch.long,
+                    K.NUM_ATOMS: torch.long, K.PBC: torch.bool}
+
+    # the numbers of Potential.forward on the same structure: bit for bit for a float64 network
+    ref = potential(to_device(graph, "cpu", dtype), compute_forces=True, compute_stress=True)
+    if dtype == torch.float64:
+        for key in ("forces", "virial", "atomic_energy"):
+            assert torch.equal(out[key], ref[key]), key
+        assert torch.equal(out["total_energy"].view(-1), ref[K.TOTAL_ENERGY])
+    else:  # float64 geometry against float32 geometry
+        torch.testing.assert_close(out["forces"], ref[K.FORCES].to(torch.float64), rtol=1e-5, atol=1e-5)

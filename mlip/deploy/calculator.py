@@ -7,7 +7,9 @@
 Every model is loaded (and, for checkpoints, wrapped) once, in ``__init__``; a call builds the
 neighbour list with :func:`mlip.data.neighbors.neighbor_list` and runs the model on exactly
 the inputs LAMMPS' ``pair_style nequip`` gives it (see :mod:`mlip.deploy.export`), so ASE and
-LAMMPS see the same numbers.
+LAMMPS see the same numbers. Checkpoints and model objects run in the same wrapper as exported
+files (:class:`mlip.deploy.export.LammpsModel`), whose energy, forces and virial are those of
+:meth:`mlip.nn.Potential.energy_and_derivatives`, the code path of training.
 
 Properties: ``energy`` and ``free_energy`` (eV), ``energies`` (per atom, eV), ``forces``
 (eV/A) and, for periodic cells, ``stress`` (eV/A^3, Voigt xx yy zz yz xz xy, ASE sign:
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from mlip.data import keys as K
 from mlip.data.neighbors import MIN_DISTANCE
 from mlip.errors import InputError, NonFiniteError
 
@@ -50,17 +53,19 @@ def load_any(spec: ModelSpec, device: str = "cpu", dtype: Optional[str] = None, 
              script: bool = False) -> LoadedModel:
     """Load a checkpoint / model file / exported TorchScript file / in-memory Potential."""
     from mlip.deploy.export import LammpsModel, is_torchscript_file, load_exported, parse_metadata
+    from mlip.nn.potential import Potential
 
     if dtype is not None and dtype not in ("float32", "float64"):
         raise InputError(f"dtype must be 'float32' or 'float64', got '{dtype}'")
     if isinstance(spec, torch.nn.Module):
         potential = spec
-        if not hasattr(potential, "energy_model"):
-            raise InputError("a model object must be an mlip Potential (with .energy_model, .type_names, .r_max)")
+        if not isinstance(potential, Potential):
+            raise InputError("a model object must be an mlip Potential (mlip.nn.Potential, as build_model and "
+                             f"load_model return), not {type(potential).__name__}")
         model_dtype = _param_dtype(potential)
         if dtype is not None and dtype != model_dtype:
             raise InputError(f"the model object is {model_dtype}; rebuild it to use {dtype}")
-        wrapper = LammpsModel(potential.energy_model, getattr(torch, model_dtype)).to(device).eval()
+        wrapper = LammpsModel(potential, getattr(torch, model_dtype)).to(device).eval()
         return LoadedModel(torch.jit.script(wrapper) if script else wrapper, potential.r_max,
                            potential.type_names, model_dtype, "<model object>")
     path = os.fspath(spec)
@@ -86,7 +91,7 @@ def load_any(spec: ModelSpec, device: str = "cpu", dtype: Optional[str] = None, 
     potential.eval()
     for p in potential.parameters():
         p.requires_grad_(False)
-    wrapper = LammpsModel(potential.energy_model, getattr(torch, model_dtype)).to(device).eval()
+    wrapper = LammpsModel(potential, getattr(torch, model_dtype)).to(device).eval()
     module = torch.jit.script(wrapper) if script else wrapper
     meta = {"config": dict(record["config"]), "model_dtype": model_dtype, "r_max": potential.r_max,
             "type_names": list(record["type_names"])}
@@ -185,13 +190,13 @@ class MLIPCalculator(Calculator):
         types = model.type_mapper(atoms.numbers)
         dev = self.device
         return {
-            "edge_pair": torch.as_tensor(edge_pair, dtype=torch.long, device=dev),
-            "pair_edge": torch.as_tensor(pair_edge, dtype=torch.long, device=dev),
-            "pos": torch.as_tensor(positions, dtype=torch.float64, device=dev),
-            "edge_index": torch.as_tensor(edge_index, dtype=torch.long, device=dev),
-            "atom_types": torch.as_tensor(types, dtype=torch.long, device=dev),
-            "edge_cell_shift": torch.as_tensor(shifts, dtype=torch.float64, device=dev),
-            "cell": torch.as_tensor(cell, dtype=torch.float64, device=dev).view(1, 3, 3),
+            K.EDGE_PAIR: torch.as_tensor(edge_pair, dtype=torch.long, device=dev),
+            K.PAIR_EDGE: torch.as_tensor(pair_edge, dtype=torch.long, device=dev),
+            K.POSITIONS: torch.as_tensor(positions, dtype=torch.float64, device=dev),
+            K.EDGE_INDEX: torch.as_tensor(edge_index, dtype=torch.long, device=dev),
+            K.ATOM_TYPES: torch.as_tensor(types, dtype=torch.long, device=dev),
+            K.EDGE_CELL_SHIFT: torch.as_tensor(shifts, dtype=torch.float64, device=dev),
+            K.CELL: torch.as_tensor(cell, dtype=torch.float64, device=dev).view(1, 3, 3),
         }
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -209,11 +214,11 @@ class MLIPCalculator(Calculator):
             if data is None:
                 data = cache[model.r_max] = self.inputs(atoms, model)
             out = model.module(data)
-            atomic.append(out["atomic_energy"].detach().view(-1).cpu().numpy().astype(np.float64))
+            atomic.append(out[K.ATOMIC_ENERGY].detach().view(-1).cpu().numpy().astype(np.float64))
             energies.append(float(atomic[-1].sum()))
-            forces.append(out["forces"].detach().cpu().numpy().astype(np.float64))
+            forces.append(out[K.FORCES].detach().cpu().numpy().astype(np.float64))
             if volume > 0.0:
-                virial = out["virial"].detach().view(3, 3).cpu().numpy().astype(np.float64)
+                virial = out[K.VIRIAL].detach().view(3, 3).cpu().numpy().astype(np.float64)
                 s = -virial / volume
                 stresses.append(np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]))
         for model, energy, f in zip(self.models, energies, forces):

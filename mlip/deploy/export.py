@@ -51,10 +51,13 @@ We also write ``total_energy`` [1, 1] and our own metadata: ``mlip_version``, ``
 ``config`` (the architecture config as JSON), ``units`` ("metal": eV, Angstrom, eV/Angstrom)
 and ``format``.
 
-Precision: the wrapper builds edge vectors and the strain in float64 and casts the vectors to
-the model's dtype, so a float32 model loses nothing to large coordinates; atomic energies,
-forces and virial come back float64 (``atomic_energy`` is float64 already: the E0 shifts are
-kept in float64).
+The wrapper, :class:`LammpsModel`, has no forward pass of its own: energy, forces and virial
+come from :meth:`mlip.nn.Potential.energy_and_derivatives`, the code path of training.
+
+Precision: edge vectors and the strain are built in float64 and the network's input is then
+cast to the model's dtype, so a float32 model loses nothing to large coordinates; atomic
+energies, forces and virial come back float64 (``atomic_energy`` is float64 already: the E0
+shifts are kept in float64).
 """
 from __future__ import annotations
 
@@ -67,7 +70,8 @@ import torch
 from torch import nn
 
 from mlip.checkpoint import is_torchscript_file  # noqa: F401  (re-exported for the calculator)
-from mlip.nn.potential import forces_and_virial, strained_edge_vectors
+from mlip.data import keys as K
+from mlip.nn.potential import Potential
 
 EXTENSION = ".nequip.pth"
 EXPORT_FORMAT = "mlip-lammps-1"
@@ -78,68 +82,68 @@ METADATA_KEYS = PLUGIN_METADATA_KEYS + MLIP_METADATA_KEYS
 
 
 class LammpsModel(nn.Module):
-    """Wrap an mlip energy model (the ``energy_model`` of a :class:`~mlip.nn.Potential`) so
-    that it takes and returns exactly the plugin's dictionaries.
+    """A :class:`~mlip.nn.Potential` that takes and returns exactly the plugin's dictionaries.
 
-    Energy, forces and virial follow the same definition as :class:`mlip.nn.Potential`: a
-    symmetric strain eps deforms positions and cell, ``forces = -dE/dpos``,
-    ``virial = -dE/d(eps)``. Tests check the two agree to 1e-10 in float64.
+    It only translates: the plugin's inputs (named as the field registry
+    :mod:`mlip.data.keys` names them) become a one-structure graph in float64, and
+    :meth:`Potential.energy_and_derivatives <mlip.nn.Potential.energy_and_derivatives>`, the
+    code path of training, computes energy, forces and virial, with the geometry in float64
+    and the network in ``model_dtype``. Back come ``atomic_energy`` [N, 1] and
+    ``total_energy`` [1, 1] (eV), ``forces`` [N, 3] (eV/A) and ``virial`` [1, 3, 3]
+    (-dE/d(strain), eV), all float64 and detached.
     """
 
-    def __init__(self, energy_model: nn.Module, model_dtype: torch.dtype):
+    def __init__(self, potential: Potential, model_dtype: torch.dtype):
         super().__init__()
-        self.energy_model = energy_model
+        self.potential = potential
         # the dtype the network computes in, as a buffer so TorchScript (and freezing) see it
         self.register_buffer("dtype_probe", torch.zeros(0, dtype=model_dtype))
+        # inputs the registry declares optional, passed on when given: the opposite-edge pairing
+        # (edge_pair, pair_edge) comes from the ASE calculator, never from LAMMPS
+        self.optional_fields: List[str] = [name for name, field in K.FIELDS.items() if field.optional]
 
     def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The plugin's inputs (Angstrom, float64) -> its outputs (eV, eV/A; see the module docstring)."""
         f64 = torch.float64
-        pos = data["pos"].to(f64).detach().requires_grad_(True)
+        # detached: only these positions and the strain are differentiated, whatever the caller holds
+        pos = data[K.POSITIONS].to(f64).detach()
         n = pos.shape[0]
         device = pos.device
-        edge_index = data["edge_index"]
-        atom_types = data["atom_types"].to(torch.long).view(-1)
-        if "cell" in data:
-            cell = data["cell"].to(f64).view(1, 3, 3)
+        edge_index = data[K.EDGE_INDEX]
+        # LAMMPS always gives both; a caller without a cell (a molecule) gets zero shifts and cell
+        if K.CELL in data:
+            cell = data[K.CELL].to(f64).view(1, 3, 3)
         else:
             cell = torch.zeros(1, 3, 3, dtype=f64, device=device)
-        if "edge_cell_shift" in data:
-            shifts = data["edge_cell_shift"].to(f64)
+        if K.EDGE_CELL_SHIFT in data:
+            shifts = data[K.EDGE_CELL_SHIFT].to(f64)
         else:
             shifts = torch.zeros(edge_index.shape[1], 3, dtype=f64, device=device)
-
-        # geometry in float64 (large coordinates keep their precision), the network in its own dtype
-        batch = torch.zeros(n, dtype=torch.long, device=device)
-        vectors, strain = strained_edge_vectors(pos, cell, batch, edge_index, shifts, True)
-
-        dtype = self.dtype_probe.dtype
-        inner: Dict[str, torch.Tensor] = {
-            "pos": pos.to(dtype),
-            "atom_types": atom_types,
-            "edge_index": edge_index,
-            "edge_cell_shift": shifts.to(dtype),
-            "cell": cell.to(dtype),
-            "batch": batch,
-            "num_atoms": torch.full([1], n, dtype=torch.long, device=device),
-            "pbc": torch.ones(1, 3, dtype=torch.bool, device=device),
-            "edge_vectors": vectors.to(dtype),
+        # the plugin gives no batch, num_atoms or pbc: one structure; no model reads pbc (the
+        # shifts and the cell carry the periodicity), so it says periodic in every direction
+        graph: Dict[str, torch.Tensor] = {
+            K.POSITIONS: pos,
+            K.ATOM_TYPES: data[K.ATOM_TYPES].to(torch.long).view(-1),
+            K.EDGE_INDEX: edge_index,
+            K.EDGE_CELL_SHIFT: shifts,
+            K.CELL: cell,
+            K.BATCH: torch.zeros(n, dtype=torch.long, device=device),
+            K.NUM_ATOMS: torch.full([1], n, dtype=torch.long, device=device),
+            K.PBC: torch.ones(1, 3, dtype=torch.bool, device=device),
         }
-        if "edge_pair" in data and "pair_edge" in data:
-            # optional (the ASE calculator gives it, LAMMPS does not): opposite edges grouped in
-            # pairs, so the radial MLPs run once per pair; see mlip.data.neighbors.edge_pairs
-            inner["edge_pair"] = data["edge_pair"].to(torch.long)
-            inner["pair_edge"] = data["pair_edge"].to(torch.long)
-        out = self.energy_model(inner)
-        atomic_energy = out["atomic_energy"].to(f64).view(n, 1)
-        total = atomic_energy.sum().view(1, 1)
-        forces, virial = forces_and_virial(total.view(1), pos, strain, False)
-        if virial is None:
-            virial = torch.zeros(1, 3, 3, dtype=f64, device=device)
+        for name in self.optional_fields:
+            if name in data:
+                value = data[name]
+                # as the declared inputs: floating values in float64 (the geometry's precision),
+                # integer values (indices) as int64
+                graph[name] = value.to(f64) if value.is_floating_point() else value.to(torch.long)
+        out = self.potential.energy_and_derivatives(graph, compute_forces=True, compute_virial=True,
+                                                    create_graph=False, network_dtype=self.dtype_probe.dtype)
         return {
-            "atomic_energy": atomic_energy.detach(),
-            "total_energy": total.detach(),
-            "forces": forces.detach(),
-            "virial": virial.detach(),
+            K.ATOMIC_ENERGY: out[K.ATOMIC_ENERGY].to(f64).view(n, 1).detach(),
+            K.TOTAL_ENERGY: out[K.TOTAL_ENERGY].to(f64).view(1, 1).detach(),
+            K.FORCES: out[K.FORCES].detach(),
+            K.VIRIAL: out[K.VIRIAL].detach(),
         }
 
 
@@ -173,11 +177,11 @@ def _json_default(obj):
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
-def script_model(potential: nn.Module) -> torch.jit.ScriptModule:
+def script_model(potential: Potential) -> torch.jit.ScriptModule:
     """Script the contract wrapper around a built :class:`~mlip.nn.Potential` (eval mode,
     parameters frozen: only positions and strain are differentiated)."""
     dtype = next((p.dtype for p in potential.parameters() if p.is_floating_point()), torch.float32)
-    wrapper = LammpsModel(potential.energy_model, dtype).eval()
+    wrapper = LammpsModel(potential, dtype).eval()
     for p in wrapper.parameters():
         p.requires_grad_(False)
     return torch.jit.script(wrapper)

@@ -23,8 +23,8 @@ def strained_edge_vectors(pos: torch.Tensor, cell: torch.Tensor, batch: torch.Te
     """Edge vectors r_ij = pos[j] - pos[i] + shift_ij @ cell (row 0 of edge_index is i).
 
     With ``with_strain``, positions and cells are first deformed by a symmetric strain
-    (zero-valued, tracked by autograd; returned) so that -dE/d(strain) is the virial. The one
-    definition used by :class:`Potential` and by the exported LAMMPS model.
+    (zero-valued, tracked by autograd; returned) so that -dE/d(strain) is the virial.
+    Positions and cell in Angstrom; the vectors in Angstrom, in the dtype of ``pos``.
     """
     strain: Optional[torch.Tensor] = None
     if with_strain:
@@ -62,26 +62,70 @@ def forces_and_virial(total_energy: torch.Tensor, pos: torch.Tensor, strain: Opt
 
 
 class Potential(nn.Module):
-    """Wraps an energy model (``forward(data) -> data`` writing ``atomic_energy``)."""
+    """Wraps an energy model (``forward(data) -> data`` writing ``atomic_energy``).
+
+    :meth:`energy_and_derivatives` is the one definition of energy, forces and virial: training
+    and evaluation reach it through :meth:`forward`, the exported LAMMPS model and the ASE
+    calculator through :class:`mlip.deploy.export.LammpsModel`.
+    """
 
     def __init__(self, energy_model: nn.Module, type_names: List[str], r_max: float):
         super().__init__()
         self.energy_model = energy_model
         self.type_names = list(type_names)
         self.r_max = float(r_max)
+        # fields that keep float64 when the network runs in another dtype: the registry's rule,
+        # the one to_device applies to a batch (a list attribute, so TorchScript can read it)
+        self.float64_fields: List[str] = [name for name, field in K.FIELDS.items() if field.float64]
 
     def forward(self, data: Dict[str, torch.Tensor], compute_forces: bool = True, compute_stress: bool = False,
                 training: bool = False) -> Dict[str, torch.Tensor]:
+        """``data`` (a graph or a batch) plus ``total_energy`` [B] and ``atomic_energy`` [N, 1]
+        (eV); with ``compute_forces`` or ``compute_stress``, ``forces`` [N, 3] (eV/A); with
+        ``compute_stress``, ``virial`` [B, 3, 3] (eV) and ``stress`` [B, 3, 3] (eV/A^3, ASE sign:
+        positive = tensile; zero for a structure without a cell). ``training`` keeps the
+        derivative graph, so that a force or stress loss reaches the weights."""
+        data = self.energy_and_derivatives(data, compute_forces or compute_stress, compute_stress, training)
+        if compute_stress:
+            virial = data[K.VIRIAL]
+            volume = torch.linalg.det(data[K.CELL]).abs()
+            # non-periodic structures have no volume: report zero stress rather than inf
+            safe = torch.where(volume > 0, volume, torch.ones_like(volume))
+            data[K.STRESS] = torch.where((volume > 0).view(-1, 1, 1), -virial / safe.view(-1, 1, 1),
+                                         torch.zeros_like(virial))
+        return data
+
+    def energy_and_derivatives(self, data: Dict[str, torch.Tensor], compute_forces: bool, compute_virial: bool,
+                               create_graph: bool = False, network_dtype: Optional[torch.dtype] = None
+                               ) -> Dict[str, torch.Tensor]:
+        """Energies, and forces and virial by automatic differentiation, of a graph or batch.
+
+        Returns a new dict: ``data`` plus ``edge_vectors``, what the energy model adds,
+        ``total_energy`` [B] (eV; the per-structure sum of ``atomic_energy`` [N, 1], which the
+        models' ScaleShift keeps float64), with ``compute_forces`` or ``compute_virial``
+        ``forces`` [N, 3] = -dE/dpos (eV/A), and with ``compute_virial`` ``virial`` [B, 3, 3] =
+        -dE/d(strain) (eV). ``create_graph`` keeps the derivative graph (training).
+
+        Edge vectors and strain are computed in the dtype of ``pos`` and ``cell``, and forces and
+        virial come back in it. ``network_dtype`` then casts the energy model's input to the
+        network's dtype (every floating field but those the registry declares float64, as
+        :func:`mlip.data.graph.to_device` does): the exported model passes float64 geometry
+        and a float32 network this way, so large coordinates lose nothing before the edge
+        vectors are formed. With ``network_dtype`` None the input is used as it is (training).
+        """
         data = dict(data)
         pos = data[K.POSITIONS]
         cell = data[K.CELL]
         batch = data[K.BATCH]
         edge_index = data[K.EDGE_INDEX]
         num_structures = cell.shape[0]
-        if (compute_forces or compute_stress) and not pos.requires_grad:
+        if (compute_forces or compute_virial) and not pos.requires_grad:
             pos = pos.detach().requires_grad_(True)  # a leaf of our own: the caller's tensor is left alone
-        vectors, strain = strained_edge_vectors(pos, cell, batch, edge_index, data[K.EDGE_CELL_SHIFT], compute_stress)
+        vectors, strain = strained_edge_vectors(pos, cell, batch, edge_index, data[K.EDGE_CELL_SHIFT], compute_virial)
         data[K.EDGE_VECTORS] = vectors
+        if network_dtype is not None:
+            data = {key: value.to(network_dtype) if value.is_floating_point() and key not in self.float64_fields
+                    else value for key, value in data.items()}
         data = self.energy_model(data)
         atomic_energy = data[K.ATOMIC_ENERGY]
         if num_structures == 1:
@@ -92,14 +136,9 @@ class Potential(nn.Module):
             total = torch.zeros(num_structures, dtype=atomic_energy.dtype, device=atomic_energy.device)
             total = total.index_add(0, batch, atomic_energy.squeeze(-1))
         data[K.TOTAL_ENERGY] = total
-        if compute_forces or compute_stress:
-            forces, virial = forces_and_virial(total, pos, strain, training)
+        if compute_forces or compute_virial:
+            forces, virial = forces_and_virial(total, pos, strain, create_graph)
             data[K.FORCES] = forces
             if virial is not None:
-                volume = torch.linalg.det(data[K.CELL]).abs()
                 data[K.VIRIAL] = virial
-                # non-periodic structures have no volume: report zero stress rather than inf
-                safe = torch.where(volume > 0, volume, torch.ones_like(volume))
-                data[K.STRESS] = torch.where((volume > 0).view(-1, 1, 1), -virial / safe.view(-1, 1, 1),
-                                             torch.zeros_like(virial))
         return data
