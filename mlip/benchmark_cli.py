@@ -13,8 +13,10 @@ import time
 from typing import Dict, List
 
 from mlip.errors import InputError
+from mlip.examples import example_path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# a source checkout: the folder above the package holds pyproject.toml (an installed mlip has none)
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # published test errors: (metric, energy meV, forces meV/A) per model and test set
 PUBLISHED: Dict[str, Dict[str, Dict[str, tuple]]] = {
@@ -34,8 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=sorted(CONFIGS), help="benchmark set")
     p.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                    help="train for this many wall-clock minutes instead of the full schedule")
-    p.add_argument("--data-root", default=os.path.join(REPO, "..", "shared", "data"),
-                   help="folder holding 3bpa/ and rmd17/ (default: ../shared/data)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding 3bpa/ and rmd17/ (default in a source checkout: ../shared/data next to "
+                        "it; required for an installed mlip)")
     p.add_argument("--architecture", default=None,
                    help="model family, a registered architecture such as nequip or mace (default: the "
                         "config's; an unknown name is reported with the available ones)")
@@ -47,8 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_config(args) -> dict:
     from mlip.train.config import load_config
 
-    config_path = os.path.join(REPO, "configs", CONFIGS[args.name])
-    data_root = os.path.abspath(os.path.join(args.data_root, DATA_SUBDIR[args.name]))
+    config_path = example_path("configs", CONFIGS[args.name])  # shipped in the package (mlip/examples)
+    data_root = os.path.abspath(os.path.join(default_data_root() if args.data_root is None else args.data_root,
+                                             DATA_SUBDIR[args.name]))
     if not os.path.isdir(data_root):
         raise InputError(f"benchmark data not found (give --data-root, the folder holding "
                          f"{DATA_SUBDIR[args.name]}/)", data_root)
@@ -60,6 +64,16 @@ def build_config(args) -> dict:
         overrides.append(f"train.max_time_minutes={args.budget}")
     overrides += [item for group in args.overrides for item in group]
     return load_config(config_path, overrides)
+
+
+def default_data_root() -> str:
+    """``--data-root`` when not given: ``../shared/data`` beside a source checkout. An installed mlip
+    has no such place to guess (the folder above site-packages means nothing), so there the
+    option is required, and its absence is one line saying so."""
+    if os.path.isfile(os.path.join(_CHECKOUT, "pyproject.toml")):
+        return os.path.join(_CHECKOUT, "..", "shared", "data")
+    raise InputError("give --data-root, the folder holding 3bpa/ and rmd17/ (the benchmark data sets are "
+                     "not shipped with mlip)")
 
 
 def comparison_table(name: str, results: Dict[str, Dict[str, float]], budget) -> str:

@@ -1,29 +1,48 @@
 """``mlip demo``: build a model (or load one) and predict energy, forces and stress for structures.
 
 Useful as a smoke test of an installation and of a data file: it reads the file with the same
-reader as training, builds radius graphs and prints one line per structure.
+reader as training, builds radius graphs and prints one line per structure. Without a file it
+uses the Si example shipped in the package (:mod:`mlip.examples`).
+
+``mlip demo --copy-examples DIR`` instead copies the shipped example configs and data into
+``DIR`` (``DIR/configs``, ``DIR/data``), so an installed mlip can run the README's commands
+there: ``cd DIR && mlip train configs/example.yaml``.
 """
 import argparse
+import filecmp
 import os
+import shutil
+from typing import List
 
 import numpy as np
 import torch
 
 from mlip.data import GraphDataset, collate, read_frames
 from mlip.data import keys as K
-
-DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "si_test.extxyz")
+from mlip.errors import InputError
+from mlip.examples import example_files, example_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("structures", nargs="?", default=DEFAULT_DATA, help="any ASE-readable file or rMD17 .npz")
+    p.add_argument("structures", nargs="?", default=None,
+                   help="any ASE-readable file or rMD17 .npz (default: the shipped Si example, 12 structures)")
+    p.add_argument("--copy-examples", metavar="DIR", default=None,
+                   help="copy the example configs and data into DIR (DIR/configs, DIR/data) and exit; "
+                        "then `cd DIR && mlip train configs/example.yaml`")
     p.add_argument("--model", help="checkpoint or model file; default: a freshly initialised NequIP model")
     p.add_argument("--r-max", type=float, default=5.0, help="cutoff radius in Angstrom (new model only)")
     p.add_argument("--limit", type=int, default=5, help="structures to show")
 
 
 def run(args) -> int:
-    frames = read_frames(args.structures, index=f":{args.limit}")
+    if args.copy_examples:
+        written = copy_examples(args.copy_examples)
+        print(f"{len(written)} file(s) written to {args.copy_examples} (configs/, data/; existing identical files "
+              f"kept). Next: cd {args.copy_examples} && mlip train configs/example.yaml")
+        return 0
+    # the default is package data (mlip/examples/data), so it works after `pip install` too
+    structures = args.structures or example_path("data", "si_test.extxyz")
+    frames = read_frames(structures, index=f":{args.limit}")
     if args.model:
         from mlip.checkpoint import load_model
         model = load_model(args.model)
@@ -46,6 +65,30 @@ def run(args) -> int:
               f"{np.abs(forces).max():>12.6f} {pressure:>16.3e}")
         offset += n
     return 0
+
+
+def copy_examples(dest: str) -> List[str]:
+    """Copy the shipped ``configs/`` and ``data/`` (:mod:`mlip.examples`) into the folder ``dest``
+    (created if needed) and return the paths written. Files already there with the same content
+    are left alone; a file with other content is never overwritten (:class:`InputError` naming
+    it, before anything is written), so a user's edited config survives a second call."""
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise InputError("not a folder", dest)
+    root = example_path()
+    pairs = [(os.path.join(root, rel), os.path.join(dest, rel)) for rel in example_files()]
+    if not pairs:
+        raise InputError("no example files found (is mlip installed with its package data?)", root)
+    clash = [dst for src, dst in pairs if os.path.exists(dst) and not filecmp.cmp(src, dst, shallow=False)]
+    if clash:
+        raise InputError(f"exists with other content, not overwritten ({len(clash)} file(s) in all); "
+                         "choose another folder or remove them", clash[0])
+    written = []
+    for src, dst in pairs:
+        if not os.path.exists(dst):
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(src, dst)
+            written.append(dst)
+    return written
 
 
 def _symbols(numbers):

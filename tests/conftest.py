@@ -9,7 +9,9 @@ torch.set_num_threads(1)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
-EXAMPLE_DATA = os.path.join(REPO, "data")
+# the shipped example data: package data (mlip/examples), so an installed mlip has it too; the
+# checkout's top-level data/ is a symlink to this folder
+EXAMPLE_DATA = os.path.join(REPO, "mlip", "examples", "data")
 
 
 def shared_path(*parts: str) -> str:

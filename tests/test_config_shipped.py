@@ -1,5 +1,6 @@
-"""The configs shipped in configs/ validate, find their data, and train (a tiny version of their
-model on a few structures, one epoch). Benchmark configs are skipped without ../shared/data."""
+"""The configs shipped in mlip/examples/configs (the checkout's configs/ is a symlink to it)
+validate, find their data, and train (a tiny version of their model on a few structures, one
+epoch). Benchmark configs are skipped without ../shared/data."""
 import glob
 import os
 
@@ -8,7 +9,8 @@ import pytest
 from mlip.train.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "mlip", "examples", "configs", "*.yaml")))
+assert CONFIGS, "no shipped configs found"
 TINY = {"nequip": ["model.channels=4", "model.num_layers=1", "model.l_max=1"],
         "mace": ["model.channels=4", "model.num_interactions=1", "model.correlation=1", "model.l_max=1",
                  "model.max_L=0"]}

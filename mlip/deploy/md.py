@@ -11,10 +11,12 @@ once; each step builds the neighbour list and calls the model (exported file or 
 import argparse
 import os
 import sys
+from importlib import resources
 from typing import List, Optional
 
-DEFAULT_STRUCTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                 "data", "si_test.extxyz")
+# the Si example is package data (mlip/examples/data), so the default works after `pip install`
+# too; found with importlib.resources (a data file: no code of mlip.examples is needed)
+DEFAULT_STRUCTURE = str(resources.files("mlip").joinpath("examples", "data", "si_test.extxyz"))
 
 
 def run_md(model: str, structure: Optional[str] = None, index: int = 0, ensemble: str = "nvt",
