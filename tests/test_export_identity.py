@@ -56,6 +56,8 @@ DTYPES = ("float64", "float32")
 # relative tolerance where bit-identity cannot be expected (another machine, or MACE, see above)
 RTOL = {"float64": 1e-10, "float32": 2e-6}
 CALLS = 2
+# outputs of TorchScript modules (see test_deployment_outputs_match_the_reference)
+TORCHSCRIPT_RUNS = ("calculator-checkpoint-script", "calculator-exported", "export", "frozen")
 
 Outputs = Dict[str, torch.Tensor]
 
@@ -179,7 +181,12 @@ def test_deployment_outputs_match_the_reference(outputs, architecture, dtype):
     exact = reference["environment"] == environment() and architecture not in ACROSS_PROCESS_NOISE
     for name in sorted(want):
         assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
-        if exact:
+        # TorchScript's executor optimises a graph with what this process has run before (the
+        # first call of a scripted module differs from later ones by ~1e-15, and which fused
+        # graph runs depends on earlier tests): against a file from another process its
+        # outputs are compared to the tolerance; test_same_bits_as_the_former_code_in_one_process below
+        # compares them bit for bit with the former code in this process
+        if exact and name.split("/")[0] not in TORCHSCRIPT_RUNS:
             assert torch.equal(got[name], want[name]), f"{name} differs (same machine and torch: must be bit-identical)"
         else:
             scale = max(1.0, float(want[name].abs().max()))
