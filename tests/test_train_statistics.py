@@ -101,3 +101,19 @@ def test_statistics_in_a_training_run_match_the_synthetic_truth(tmp_path):
     lj_per_atom = np.mean([(f.energy - sum(E0_TRUE["C"] if z == 6 else E0_TRUE["Si"] for z in f.numbers)) / len(f)
                            for f in frames])
     np.testing.assert_allclose(offset, [lj_per_atom, lj_per_atom], atol=0.03)
+
+
+def test_files_and_hdf5_folders_give_the_same_statistics(tmp_path):
+    """One way of computing: E0s and force RMS of frames in memory equal those that
+    `mlip preprocess` records for the same frames (the same accumulation, bit for bit)."""
+    from test_train_helpers import lj_frames
+
+    from mlip.data import frames_from_atoms_list
+    from mlip.data.hdf5 import write_shards
+    from mlip.train.statistics import compute_statistics
+
+    frames = frames_from_atoms_list(lj_frames(30, seed=5))
+    recorded = write_shards(frames, str(tmp_path / "h5"))["statistics"]
+    stats = compute_statistics(frames, [], ["C", "Si"], "least_squares")
+    assert stats.e0s == [recorded["e0_least_squares"][s] for s in ("C", "Si")]
+    assert stats.energy_scale == recorded["force_rms"]

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from mlip.data.frames import Frame
+from mlip.data.statistics import StreamingStatistics, solve_e0s
 from mlip.errors import InputError
 
 
@@ -95,23 +96,28 @@ def species_counts(frames: Sequence[Frame], type_names: Sequence[str]) -> np.nda
 
 
 def e0s_least_squares(frames: Sequence[Frame], type_names: Sequence[str]) -> np.ndarray:
-    """Per-species energies (eV) minimising sum over frames of (E - sum_s n_s E0_s)^2.
+    """Per-species energies (eV) minimising sum over frames of (E - sum_s n_s E0_s)^2, computed
+    as ``mlip preprocess`` computes them for HDF5 folders (:mod:`mlip.data.statistics`).
 
     When compositions are collinear (e.g. one molecule, or one element) the system is rank
     deficient and the minimum-norm solution is returned, with a warning: the model then learns
     the rest, which is fine for training but makes the E0s not physical isolated-atom energies.
     """
+    from ase.data import atomic_numbers
+
     labelled = [f for f in frames if f.energy is not None]
     if not labelled:
         raise InputError("E0s: least_squares needs training structures with energies; none have one",
                          key="data.E0s")
-    counts = species_counts(labelled, type_names)
-    energies = np.array([f.energy for f in labelled])
-    missing = [s for s, c in zip(type_names, counts.sum(0)) if c == 0]
+    acc = StreamingStatistics()
+    for f in labelled:
+        acc.add(f)
+    zs = [atomic_numbers[s] for s in type_names]
+    missing = [s for s, z in zip(type_names, zs) if acc.species[z] == 0]
     if missing:
         raise InputError(f"E0s: species {missing} never occur in labelled training structures; give "
                          "their E0s as a mapping {symbol: eV}", key="data.E0s")
-    solution, _, rank, _ = np.linalg.lstsq(counts, energies, rcond=None)
+    solution, rank = solve_e0s(acc.ata[np.ix_(zs, zs)], acc.atb[zs])
     if rank < len(type_names):
         warnings.warn(f"E0s: species counts have rank {rank} < {len(type_names)} species (same composition "
                       "throughout?); using the minimum-norm least-squares E0s", stacklevel=2)
