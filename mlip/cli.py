@@ -20,6 +20,8 @@ COMMANDS = {
     "evaluate": ("mlip.train.evaluate_cli", "errors of a model on a data set, with parity plots"),
     "export": ("mlip.deploy.export_cli", "export a checkpoint as a TorchScript .nequip.pth (LAMMPS, ASE)"),
     "check": ("mlip.deploy.check_cli", "certify an exported model: symmetries, derivatives, NVE drift"),
+    "validate": ("mlip.validate.cli", "physical properties of a model next to DFT references: EOS, elastic "
+                 "constants, phonons, defects, MD stability"),
     "preprocess": ("mlip.data.preprocess_cli", "convert structures into sharded HDF5"),
     "benchmark": ("mlip.benchmark_cli", "train and score on 3BPA / rMD17 next to published errors"),
 }
