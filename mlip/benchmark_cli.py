@@ -2,9 +2,11 @@
 the official test sets and print our errors beside the published ones (MACE paper, Batatia et
 al., NeurIPS 2022, Tables 1 and 2).
 
-``--budget MINUTES`` trains for a fixed wall-clock time instead of the full schedule (for CPUs),
-so accuracy per unit of compute can be set beside a peer trained for the same time. Results of a
-budget run are labelled as such everywhere they are written.
+``--budget MINUTES`` trains for a fixed wall-clock time (for CPUs), so accuracy per unit of
+compute can be set beside a peer trained for the same time. The schedule (cosine, stage two)
+then runs over the budget instead of the config's epochs, so the run ends annealed
+(``train.schedule_follows_budget``). Results of a budget run are labelled as such everywhere
+they are written.
 """
 import argparse
 import json
@@ -35,7 +37,7 @@ DATA_SUBDIR = {"3bpa": "3bpa", "rmd17-aspirin": "rmd17", "rmd17-ethanol": "rmd17
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=sorted(CONFIGS), help="benchmark set")
     p.add_argument("--budget", type=float, default=None, metavar="MINUTES",
-                   help="train for this many wall-clock minutes instead of the full schedule")
+                   help="train for this many wall-clock minutes; the schedule and stage two run over them")
     p.add_argument("--data-root", default=None,
                    help="folder holding 3bpa/ and rmd17/ (default in a source checkout: ../shared/data next to "
                         "it; required for an installed mlip)")

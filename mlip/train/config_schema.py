@@ -134,12 +134,16 @@ SCHEMA: Dict[str, Any] = {
         "keep_checkpoints": Field("int", 2, "number of newest checkpoints kept", low=2),
         "early_stopping_patience": Field("int", None, "stop after this many validations without a new "
                                          "best model (null = never)", low=1, nullable=True),
-        "max_time_minutes": Field("float", None, "wall-clock budget of this process's training loop in "
-                                  "minutes (null = none): training stops after the batch during which it "
-                                  "runs out, then saves a checkpoint, last/best model and runs the final "
-                                  "evaluation. Counted from the start of the loop (not data loading, not "
-                                  "time of earlier runs that this one resumes)", low=0.0, low_open=True,
+        "max_time_minutes": Field("float", None, "wall-clock budget of the training loop in minutes (null = "
+                                  "none), summed over a run and its resumptions (not data loading): training "
+                                  "stops after the batch during which it runs out, then saves a checkpoint, "
+                                  "last/best model and runs the final evaluation", low=0.0, low_open=True,
                                   nullable=True),
+        "schedule_follows_budget": Field("bool", True, "with max_time_minutes: warm-up, the learning-rate "
+                                         "schedule and stage two follow the fraction of the time budget used "
+                                         "(or of max_epochs, whichever is further), so a budget run ends "
+                                         "annealed; false: they follow epochs and the budget only stops the "
+                                         "clock"),
         "best_metric_weights": {
             "energy": Field("float", 1.0, "weight of the energy RMSE (eV/atom) in the selection metric", low=0.0),
             "forces": Field("float", 1.0, "weight of the forces RMSE (eV/A)", low=0.0),

@@ -150,9 +150,13 @@ def resume_config_changes(old: Mapping[str, Any], cfg: Mapping[str, Any], run_di
     return changed
 
 
-def find_resume(ckpts: CheckpointDir, log: Callable[[str], None], dist: Any) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+def find_resume(ckpts: CheckpointDir, log: Callable[[str], None], dist: Any, resume: Optional[bool],
+                cfg: Mapping[str, Any]) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     """The newest checkpoint and its path, or (None, None): found (and corrupt ones set aside)
-    by rank 0, read by every rank. All unreadable is an error (see CheckpointDir.load_latest)."""
+    by rank 0, read by every rank. All unreadable is an error (see CheckpointDir.load_latest).
+
+    ``resume``: True = a checkpoint must exist, False = none may, None = either. A checkpoint
+    whose config differs where it matters is an error; other changes are logged."""
     from mlip.train.distributed import on_main
 
     found: Dict[str, Any] = {}
@@ -165,6 +169,15 @@ def find_resume(ckpts: CheckpointDir, log: Callable[[str], None], dist: Any) -> 
     obj = found.get("obj")
     if path is not None and obj is None:  # another rank: read the file rank 0 chose
         obj = load_file(path)
+    run_dir = cfg["output_dir"]
+    if obj is None and resume:
+        raise InputError(f"--resume given but no checkpoint found in {ckpts.folder}")
+    if obj is not None and resume is False:
+        raise InputError(f"{run_dir} already holds a run; choose another output_dir or remove it")
+    if obj is not None:
+        changed = resume_config_changes(obj["config"], cfg, run_dir, ckpts.folder)
+        if changed:
+            log("config changed since the checkpoint, continuing with: " + "; ".join(changed))
     return obj, path
 
 

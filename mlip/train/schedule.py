@@ -2,7 +2,10 @@
 and a constant rate in stage two.
 
 The rate is a pure function of the global step and a little plateau state (plain numbers),
-so it is recomputed identically after a resume.
+so it is recomputed identically after a resume. A run with a time budget may instead pass the
+fraction of the budget used (``progress``): it counts as that fraction of all ``max_epochs``
+steps when that is further than the step count, so warm-up and the cosine end where the
+budget does.
 """
 from __future__ import annotations
 
@@ -31,9 +34,13 @@ class LRSchedule:
         self.best = math.inf
         self.bad_epochs = 0
 
-    def lr(self, epoch: int, global_step: int) -> float:
+    def lr(self, epoch: int, global_step: int, progress: Optional[float] = None) -> float:
+        """The rate of the step after ``global_step`` steps, in ``epoch``. ``progress``: the
+        fraction of a time budget used (None: the schedule follows steps alone)."""
         if self.stage_two_epoch is not None and epoch >= self.stage_two_epoch:
             return float(self.stage_two_lr)
+        if progress is not None:
+            global_step = max(global_step, int(min(1.0, progress) * self.max_epochs * self.steps_per_epoch))
         warm = min(1.0, (global_step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
         if self.kind == "plateau":
             return max(self.min_lr, self.plateau_lr) * warm

@@ -36,6 +36,7 @@ class TrainingState:
     bad_validations: int = 0     # validations since the last new best
     stopped_early: bool = False
     wandb_id: Optional[str] = None
+    train_seconds: float = 0.0   # time in the training loop, all processes of the run, up to the last save
 
     @property
     def at_start(self) -> bool:
@@ -84,6 +85,7 @@ class TrainingState:
             "best": {"metric": self.best_metric, "epoch": self.best_epoch, "bad_validations": self.bad_validations,
                      "stopped_early": self.stopped_early},
             "wandb_id": self.wandb_id,
+            "train_seconds": self.train_seconds,
         }
 
     def load_state_dict(self, obj: Mapping[str, Any], with_epoch_metrics: bool = True) -> None:
@@ -101,6 +103,7 @@ class TrainingState:
         self.bad_validations = int(best["bad_validations"])
         self.stopped_early = bool(best.get("stopped_early", False))
         self.wandb_id = obj.get("wandb_id")
+        self.train_seconds = float(obj.get("train_seconds", 0.0))  # absent before 2026-12-05
 
     def write_csv(self, fh: TextIO) -> None:
         """The history as metrics.csv: a header of HISTORY_COLUMNS, one row per epoch."""

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from mlip.errors import TrainingDiverged
 from mlip.train import distributed as dist_utils
 from mlip.train.model_setup import StepModel
 
@@ -28,19 +29,22 @@ class StepOutcome:
     loss: float                    # the loss of the whole (global) batch
     local: Sequence[int]           # the structures of the batch that this rank ran
     time_up: bool                  # the time budget ran out (on any rank)
+    progress: Optional[float]      # fraction of the time budget used (mean over ranks), None without one
 
 
 def train_step(model: StepModel, batch: Dict[str, torch.Tensor], loss_fn: LossFn,
                optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter], idx: Sequence[int],
                need_stress: bool, clip: Optional[float], dist: Any,
                counts: Optional[Dict[str, float]] = None,
-               time_is_up: Callable[[], bool] = lambda: False) -> StepOutcome:
+               budget_used: Callable[[], Optional[float]] = lambda: None) -> StepOutcome:
     """Train on one batch (this rank's share of structures ``idx`` under DDP).
 
     Under DDP ``counts`` are the label counts of the whole global batch: each rank's loss is its
     part of the global loss (sums over its structures / counts of the batch), so the ranks'
     gradients add up to the global batch's. A rank without structures of its own runs one with
-    zero weight, so that it still takes part in the all-reduce.
+    zero weight, so that it still takes part in the all-reduce. ``budget_used()``: the fraction
+    of the time budget this rank has used (None without a budget); under DDP the ranks' mean,
+    so that every rank sees the same value (the learning rate may depend on it).
     """
     if dist.enabled:
         local = dist_utils.shard(idx, dist)
@@ -48,9 +52,12 @@ def train_step(model: StepModel, batch: Dict[str, torch.Tensor], loss_fn: LossFn
         loss, _ = loss_fn(out, batch, counts)
         if not local:
             loss = loss * 0.0
-        # one all-reduce: the batch's loss and whether any rank ran out of time
-        loss_value, up = dist_utils.all_reduce_sum([float(loss.detach()), float(time_is_up())], dist)
+        # one all-reduce: the batch's loss, whether any rank ran out of time, the budget used
+        used = budget_used()
+        loss_value, up, used_sum = dist_utils.all_reduce_sum(
+            [float(loss.detach()), float(used is not None and used >= 1.0), used or 0.0], dist)
         time_up = up > 0
+        progress = None if used is None else used_sum / dist.world_size
         # DDP averages the ranks' gradients: scale so that their sum is what counts
         backward_loss = loss * dist.world_size
     else:
@@ -58,7 +65,8 @@ def train_step(model: StepModel, batch: Dict[str, torch.Tensor], loss_fn: LossFn
         out = model.forward(batch, compute_forces=True, compute_stress=need_stress, training=True)
         loss, _ = loss_fn(out, batch)
         loss_value = float(loss.detach())
-        time_up = time_is_up()
+        progress = budget_used()
+        time_up = progress is not None and progress >= 1.0
         backward_loss = loss
     if not math.isfinite(loss_value):
         raise NonFiniteStep(f"the loss is {loss_value}")
@@ -71,7 +79,20 @@ def train_step(model: StepModel, batch: Dict[str, torch.Tensor], loss_fn: LossFn
     if not math.isfinite(float(norm)):
         raise NonFiniteStep(f"the gradient norm is {float(norm)}")
     optimizer.step()
-    return StepOutcome(out=out, loss=loss_value, local=local, time_up=time_up)
+    return StepOutcome(out=out, loss=loss_value, local=local, time_up=time_up, progress=progress)
 
 
-__all__ = ["train_step", "StepOutcome", "NonFiniteStep"]
+def diverged_error(what: str, epoch: int, step_in_epoch: int, batches_per_epoch: int, global_step: int,
+                   structures: str, last_checkpoint: Optional[str]) -> TrainingDiverged:
+    """The one-line error of a step that found ``what`` (a non-finite loss or gradient norm):
+    where, which structures, what is intact, what to try."""
+    where = last_checkpoint or "(none yet: the run diverged before its first checkpoint)"
+    return TrainingDiverged(
+        f"training stopped: {what} at epoch {epoch}, batch {step_in_epoch + 1}/{batches_per_epoch} "
+        f"(step {global_step + 1}; structures {structures}). "
+        f"The weights were not updated with this batch. Last good checkpoint: {where}. "
+        "Try a lower optim.lr, a smaller optim.clip_grad_norm or loss weights, float64, or check these "
+        "structures' labels; `mlip train` resumes from that checkpoint.")
+
+
+__all__ = ["train_step", "StepOutcome", "NonFiniteStep", "diverged_error"]

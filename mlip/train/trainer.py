@@ -28,12 +28,12 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 
 from mlip.checkpoint import ensure_writable_dir, model_record
-from mlip.errors import InputError, StorageError, TrainingDiverged
+from mlip.errors import StorageError, TrainingDiverged
 from mlip.train import data as D
 from mlip.train import distributed as dist_utils
 from mlip.train import finetune as FT
-from mlip.train.resume import (CheckpointDir, find_resume, restore_training, resume_config_changes, seed_everything,
-                                   training_checkpoint)
+from mlip.train.resume import CheckpointDir, find_resume, restore_training, seed_everything, training_checkpoint
+from mlip.train.clock import TrainingClock
 from mlip.train.distributed import reduce_accumulator, resolve_device
 from mlip.train.ema import EMA
 from mlip.train.evaluation import set_loss, validation_metrics
@@ -44,7 +44,7 @@ from mlip.train.run_files import RunFiles
 from mlip.train.run_log import Logger, WandbLogger, progress_bar
 from mlip.train.schedule import LRSchedule, make_optimizer
 from mlip.train.state import TrainingState
-from mlip.train.step import NonFiniteStep, train_step
+from mlip.train.step import NonFiniteStep, diverged_error, train_step
 from mlip.train.training_data import TrainingData, run_r_max
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -77,15 +77,7 @@ class Trainer:
         if self.dist.enabled:
             self.log(f"distributed: {self.dist.world_size} processes ({self.dist.backend}), global batch "
                      f"{cfg['data']['batch_size']} structures split over them")
-        self._resume_obj, self._resume_path = find_resume(self.ckpts, self.log, self.dist)
-        if self._resume_obj is None and resume:
-            raise InputError(f"--resume given but no checkpoint found in {self.ckpts.folder}")
-        if self._resume_obj is not None and resume is False:
-            raise InputError(f"{self.run_dir} already holds a run; choose another output_dir or remove it")
-        if self._resume_obj is not None:
-            changed = resume_config_changes(self._resume_obj["config"], cfg, self.run_dir, self.ckpts.folder)
-            if changed:
-                self.log("config changed since the checkpoint, continuing with: " + "; ".join(changed))
+        self._resume_obj, self._resume_path = find_resume(self.ckpts, self.log, self.dist, resume, cfg)
         seed_everything(cfg["seed"])
         self.foundation = None
         if cfg["finetune"]["from"] and self._resume_obj is None:
@@ -93,7 +85,7 @@ class Trainer:
         self._setup_data_and_model()
         self._setup_optim()
         self.out_of_time = False
-        self._t_start: Optional[float] = None
+        self.clock = TrainingClock(cfg["train"]["max_time_minutes"], cfg["train"]["schedule_follows_budget"])
         self.last_checkpoint: Optional[str] = None
         self.wandb: Optional[WandbLogger] = None
         if self._resume_obj is not None:
@@ -148,6 +140,8 @@ class Trainer:
         """Rank 0 writes; every rank must call this (the partial epoch metrics are gathered first)."""
         self._gather_epoch_metrics()
         st = self.state
+        if self.clock.started:
+            st.train_seconds = self.clock.seconds()
         if self.is_main:
             try:
                 self.last_checkpoint = self.ckpts.save(self.checkpoint_state(), st.global_step, st.epoch)
@@ -182,20 +176,21 @@ class Trainer:
     def loss_weights(self, epoch: int) -> LossWeights:
         return stage_loss_weights(self.cfg["loss"], self.cfg["stage_two"], self.stage(epoch))
 
-    def _time_is_up(self) -> bool:
-        budget = self.cfg["train"]["max_time_minutes"]
-        return (budget is not None and self._t_start is not None
-                and time.perf_counter() - self._t_start > 60.0 * budget)
+    def _stage_two_by_budget(self) -> None:
+        """A budget run enters stage two at the first epoch that starts once the budget fraction
+        ``stage_two.start_epoch / optim.max_epochs`` is used (its epochs would not reach it)."""
+        s2, st = self.schedule.stage_two_epoch, self.state
+        if s2 is None or st.epoch >= s2 or st.step_in_epoch:
+            return
+        if self.clock.stage_two_due(self.cfg["stage_two"]["start_epoch"], self.cfg["optim"]["max_epochs"]):
+            self.log(f"{100 * self.clock.progress:.0f}% of the time budget used: stage two starts now "
+                     f"(epoch {st.epoch + 1})")
+            self.schedule.stage_two_epoch = st.epoch
 
     def _diverged(self, what: str, idx: List[int]) -> TrainingDiverged:
-        where = self.last_checkpoint or "(none yet: the run diverged before its first checkpoint)"
         st = self.state
-        return TrainingDiverged(
-            f"training stopped: {what} at epoch {st.epoch}, batch {st.step_in_epoch + 1}/{self.batches_per_epoch} "
-            f"(step {st.global_step + 1}; structures {D.describe_sources(self.train_set.sources, idx)}). "
-            f"The weights were not updated with this batch. Last good checkpoint: {where}. "
-            "Try a lower optim.lr, a smaller optim.clip_grad_norm or loss weights, float64, or check these "
-            "structures' labels; `mlip train` resumes from that checkpoint.")
+        return diverged_error(what, st.epoch, st.step_in_epoch, self.batches_per_epoch, st.global_step,
+                              D.describe_sources(self.train_set.sources, idx), self.last_checkpoint)
 
     def train_epoch(self) -> None:
         """Train the rest of the current epoch (or until the time budget runs out)."""
@@ -224,18 +219,19 @@ class Trainer:
         try:
             while st.step_in_epoch < len(batches):
                 idx = batches[st.step_in_epoch]
-                lr = self.schedule.lr(st.epoch, st.global_step)
+                lr = self.schedule.lr(st.epoch, st.global_step, self.clock.schedule_progress())
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 batch = D.to_device(next(stream), self.device, self.dtype)
                 counts = self.train_set.label_counts(idx, weights) if self.dist.enabled else None
                 try:
                     step = train_step(self.step_model, batch, loss_fn, self.optimizer, params, idx, need_stress,
-                                      cfg["optim"]["clip_grad_norm"], self.dist, counts, self._time_is_up)
+                                      cfg["optim"]["clip_grad_norm"], self.dist, counts, self.clock.used)
                 except NonFiniteStep as exc:
                     raise self._diverged(str(exc), idx) from None
                 if self.ema is not None:
                     self.ema.update(self.model)
+                self.clock.progress = step.progress
                 st.global_step += 1
                 st.step_in_epoch += 1
                 if step.local:
@@ -330,7 +326,7 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         """Train to ``optim.max_epochs`` (or early stopping); returns where the results are."""
         cfg, st = self.cfg, self.state
-        self._t_start = time.perf_counter()
+        self.clock.start(st.train_seconds)
         if cfg["logging"]["wandb"] and self.is_main:
             self.wandb = WandbLogger(cfg, self.run_dir, st.wandb_id)
             st.wandb_id = self.wandb.id
@@ -347,8 +343,14 @@ class Trainer:
             self.log(f"nothing to train: the run in {self.run_dir} has finished "
                      f"({'early stopping' if st.stopped_early else f'{st.epoch} epochs'}); raise "
                      "optim.max_epochs to continue it")
+        elif self.clock.exhausted:
+            keep_going = False
+            self.log(f"nothing to train: the run in {self.run_dir} has used its time budget of "
+                     f"{cfg['train']['max_time_minutes']:g} min; "
+                     "raise train.max_time_minutes to continue it")
         try:
             while keep_going:
+                self._stage_two_by_budget()
                 s2 = self.schedule.stage_two_epoch
                 if s2 is not None and st.epoch == s2 and st.step_in_epoch == 0:
                     w = self.loss_weights(st.epoch)
