@@ -250,3 +250,17 @@ def test_wrapper_translates_onto_the_potential(dtype, monkeypatch):
         assert torch.equal(out["total_energy"].view(-1), ref[K.TOTAL_ENERGY])
     else:  # float64 geometry against float32 geometry
         torch.testing.assert_close(out["forces"], ref[K.FORCES].to(torch.float64), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("missing", ["cell", "edge_cell_shift"])
+def test_inputs_of_pair_style_allegro_are_refused(files, missing):
+    """pair_style allegro passes ghost atoms as nodes and no cell / edge_cell_shift: a
+    message-passing model cannot compute that exactly, so the exported model raises instead of
+    filling in zeros (which gave wrong energies and forces with exit status 0)."""
+    model = torch.jit.load(files["x64"])
+    inputs = contract_inputs(python_model_outputs(__import__("mlip.checkpoint").checkpoint.load_model(files["ck64"]),
+                                                  molecule())[1])
+    model(inputs)  # the full input (a molecule: zero cell) is fine
+    del inputs[missing]
+    with pytest.raises(Exception, match="pair_style nequip"):
+        model(inputs)

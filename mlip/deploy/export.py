@@ -110,15 +110,15 @@ class LammpsModel(nn.Module):
         n = pos.shape[0]
         device = pos.device
         edge_index = data[K.EDGE_INDEX]
-        # LAMMPS always gives both; a caller without a cell (a molecule) gets zero shifts and cell
-        if K.CELL in data:
-            cell = data[K.CELL].to(f64).view(1, 3, 3)
-        else:
-            cell = torch.zeros(1, 3, 3, dtype=f64, device=device)
-        if K.EDGE_CELL_SHIFT in data:
-            shifts = data[K.EDGE_CELL_SHIFT].to(f64)
-        else:
-            shifts = torch.zeros(edge_index.shape[1], 3, dtype=f64, device=device)
+        # pair_style nequip always gives both (a zero cell for a molecule). Without them the
+        # caller is pair_style allegro (ghost atoms as nodes, edges of local atoms only), whose
+        # inputs a message-passing model cannot compute exactly: refuse rather than guess
+        if K.CELL not in data or K.EDGE_CELL_SHIFT not in data:
+            raise RuntimeError("mlip model: the input has no 'cell' or 'edge_cell_shift'; this model runs "
+                               "under LAMMPS pair_style nequip (newton off, one MPI rank) or mlip's ASE "
+                               "calculator, not pair_style allegro, whose inputs it cannot compute exactly")
+        cell = data[K.CELL].to(f64).view(1, 3, 3)
+        shifts = data[K.EDGE_CELL_SHIFT].to(f64)
         # the plugin gives no batch, num_atoms or pbc: one structure; no model reads pbc (the
         # shifts and the cell carry the periodicity), so it says periodic in every direction
         graph: Dict[str, torch.Tensor] = {
