@@ -34,6 +34,11 @@ class Frame:
     stress: Optional[np.ndarray] = None  # [3, 3] eV/A^3, ASE sign (positive = tensile)
     info: Dict[str, object] = field(default_factory=dict)
     source: str = ""                 # "file:frame", for error messages
+    total_charge: Optional[float] = None  # e; None: not given (neutral, 0)
+    dipole: Optional[np.ndarray] = None   # [3] e*A
+    polarizability: Optional[np.ndarray] = None  # [3, 3] A^3 (polarizability volume), symmetric
+    structure_output: Optional[np.ndarray] = None  # [D] generic per-structure target (e3nn order)
+    atom_output: Optional[np.ndarray] = None       # [N, D] generic per-atom target (e3nn order)
 
     def __len__(self) -> int:
         return len(self.numbers)
@@ -46,6 +51,11 @@ class LabelKeys:
     energy: str = "energy"
     forces: str = "forces"
     stress: str = "stress"
+    total_charge: str = "charge"        # atoms.info; absent = neutral
+    dipole: str = "dipole"              # atoms.info or calculator, 3 components, e * length unit
+    polarizability: str = "polarizability"  # atoms.info, 9 (3x3) or 6 (Voigt) components, length unit^3
+    structure_output: str = "structure_output"  # atoms.info, the generic output's components
+    atom_output: str = "atom_output"    # atoms.arrays, [N, D] (or [N] for D = 1)
 
 
 @dataclass
@@ -80,6 +90,23 @@ def _as_stress(value, path: str, index: int, key: str) -> np.ndarray:
     raise InputError(f"stress must have 6 (Voigt) or 9 components, got {s.size}", path, index, key)
 
 
+def _as_polarizability(value, path: str, index: int, key: str) -> np.ndarray:
+    """9 components (3x3) or 6 (Voigt xx yy zz yz xz xy) -> symmetric 3x3; an asymmetric one
+    beyond rounding (1e-6 relative) is an error (a wrong layout, not a polarizability)."""
+    a = _as_stress(value, path, index, key)
+    if np.all(np.isfinite(a)) and np.abs(a - a.T).max(initial=0.0) > 1e-6 * max(np.abs(a).max(initial=0.0), 1e-12):
+        raise InputError("polarizability is not symmetric; give the 3x3 tensor row by row or its 6 Voigt "
+                         "components (xx yy zz yz xz xy)", path, index, key)
+    return 0.5 * (a + a.T)
+
+
+def _as_vector(value, size: int, what: str, path: str, index: int, key: str) -> np.ndarray:
+    v = np.asarray(value, dtype=np.float64).reshape(-1)
+    if size and v.size != size:
+        raise InputError(f"{what} must have {size} components, got {v.size}", path, index, key)
+    return v
+
+
 def frame_from_atoms(atoms, keys: LabelKeys = LabelKeys(), units: Units = Units(), path: str = "<atoms>",
                      index: int = 0) -> Frame:
     """Convert one ``ase.Atoms`` to a :class:`Frame`, looking for labels in ``info``/``arrays``
@@ -112,6 +139,26 @@ def frame_from_atoms(atoms, keys: LabelKeys = LabelKeys(), units: Units = Units(
         info={k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float))},
         source=f"{path}:{index}",
     )
+    charge = atoms.info.get(keys.total_charge)
+    if charge is not None:
+        try:
+            frame.total_charge = float(np.asarray(charge, dtype=np.float64).reshape(()))
+        except (TypeError, ValueError):
+            raise InputError(f"total charge must be one number, got {charge!r}", path, index,
+                             keys.total_charge) from None
+    dipole = lookup(keys.dipole, per_atom=False)
+    if dipole is not None:  # e * length
+        frame.dipole = _as_vector(dipole, 3, "dipole", path, index, keys.dipole) * l_fac
+    pol = lookup(keys.polarizability, per_atom=False)
+    if pol is not None:  # polarizability volume, length^3
+        frame.polarizability = _as_polarizability(pol, path, index, keys.polarizability) * l_fac ** 3
+    generic = lookup(keys.structure_output, per_atom=False)
+    if generic is not None:  # label units, no conversion
+        frame.structure_output = _as_vector(generic, 0, "structure_output", path, index, keys.structure_output)
+    generic = lookup(keys.atom_output, per_atom=True)
+    if generic is not None:
+        generic = np.asarray(generic, dtype=np.float64)
+        frame.atom_output = generic.reshape(len(atoms), -1) if generic.size else generic.reshape(len(atoms), 0)
     validate_frame(frame, path, index, keys)
     return frame
 
@@ -140,6 +187,15 @@ def validate_frame(frame: Frame, path: str, index: int, keys: LabelKeys = LabelK
             raise InputError("forces contain NaN or inf", path, index, keys.forces)
     if frame.stress is not None and not np.all(np.isfinite(frame.stress)):
         raise InputError("stress contains NaN or inf", path, index, keys.stress)
+    if frame.total_charge is not None and not math.isfinite(frame.total_charge):
+        raise InputError("total charge is NaN or inf", path, index, keys.total_charge)
+    for name in ("dipole", "polarizability", "structure_output", "atom_output"):
+        value = getattr(frame, name)
+        if value is not None and not np.all(np.isfinite(value)):
+            raise InputError(f"{name} contains NaN or inf", path, index, getattr(keys, name))
+    if frame.atom_output is not None and frame.atom_output.shape[0] != n:
+        raise InputError(f"atom_output has {frame.atom_output.shape[0]} rows, expected {n} (one per atom)",
+                         path, index, keys.atom_output)
 
 
 @dataclass
@@ -251,10 +307,14 @@ def read_frames(path: str, keys: Optional[LabelKeys] = None, units: Optional[Uni
     return frames
 
 
+# the labels a Frame may carry (its attributes; None when absent)
+LABEL_NAMES = ("energy", "forces", "stress", "dipole", "polarizability", "structure_output", "atom_output")
+
+
 def check_required(frames: Sequence[Frame], required: Sequence[str], path: str, keys: LabelKeys) -> None:
     """Raise for the first frame that lacks a label the caller needs."""
     for name in required:
-        if name not in ("energy", "forces", "stress"):
+        if name not in LABEL_NAMES:
             raise ValueError(f"unknown label '{name}'")
         for i, frame in enumerate(frames):
             if getattr(frame, name) is None:

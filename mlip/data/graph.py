@@ -75,14 +75,30 @@ def frame_to_graph(frame: Frame, type_mapper: TypeMapper, r_max: float,
         K.REF_STRESS: torch.as_tensor(frame.stress if frame.stress is not None else np.zeros((3, 3)),
                                       dtype=dtype).unsqueeze(0),
         K.STRESS_WEIGHT: torch.tensor([1.0 if frame.stress is not None else 0.0], dtype=dtype),
+        K.TOTAL_CHARGE: torch.tensor([frame.total_charge or 0.0], dtype=dtype),
+        K.REF_DIPOLE: torch.as_tensor(frame.dipole if frame.dipole is not None else np.zeros(3),
+                                      dtype=dtype).view(1, 3),
+        K.DIPOLE_WEIGHT: torch.tensor([1.0 if frame.dipole is not None else 0.0], dtype=dtype),
+        K.REF_POLARIZABILITY: torch.as_tensor(frame.polarizability if frame.polarizability is not None
+                                              else np.zeros((3, 3)), dtype=dtype).view(1, 3, 3),
+        K.POLARIZABILITY_WEIGHT: torch.tensor([1.0 if frame.polarizability is not None else 0.0], dtype=dtype),
+        K.STRUCTURE_OUTPUT_WEIGHT: torch.tensor([1.0 if frame.structure_output is not None else 0.0], dtype=dtype),
+        K.ATOM_OUTPUT_WEIGHT: torch.full((n,), 1.0 if frame.atom_output is not None else 0.0, dtype=dtype),
     }
+    # generic outputs: the label's width is the file's, so a frame without one carries none
+    # (collate fills in zeros of the others' shape, with weight 0)
+    if frame.structure_output is not None:
+        g[K.REF_STRUCTURE_OUTPUT] = torch.as_tensor(frame.structure_output, dtype=dtype).view(1, -1)
+    if frame.atom_output is not None:
+        g[K.REF_ATOM_OUTPUT] = torch.as_tensor(frame.atom_output, dtype=dtype).view(n, -1)
     return g
 
 
 def collate(graphs: Sequence[Graph]) -> Graph:
     """Concatenate graphs into one batch, as :data:`mlip.data.keys.FIELDS` declares each field:
     along its ``cat_dim``, with values that index atoms / edges / pairs / structures offset by
-    the counts of the graphs before. An optional field that some graph lacks is left out."""
+    the counts of the graphs before. An optional field that some graph lacks is left out; a
+    ``fill_missing`` field (a generic label) that some graphs lack is zeros for them."""
     if len(graphs) == 1:
         return dict(graphs[0])
     sizes = {"atom": [int(g[K.NUM_ATOMS].sum()) for g in graphs],
@@ -91,9 +107,22 @@ def collate(graphs: Sequence[Graph]) -> Graph:
     if all(K.PAIR_EDGE in g for g in graphs):
         sizes["pair"] = [int(g[K.PAIR_EDGE].shape[0]) for g in graphs]
     out: Graph = {}
-    for key in graphs[0]:
+    keys = list(graphs[0])
+    keys += [k for k in dict.fromkeys(k for g in graphs[1:] for k in g)
+             if k not in graphs[0] and K.FIELDS[k].fill_missing]
+    for key in keys:
         spec = K.FIELDS[key]
         if spec.optional and not all(key in g for g in graphs):
+            continue
+        if spec.fill_missing:
+            like = next(g[key] for g in graphs if key in g)
+            if any(key in g and g[key].shape[1:] != like.shape[1:] for g in graphs):
+                widths = sorted({tuple(g[key].shape[1:]) for g in graphs if key in g})
+                raise InputError(f"the {key} labels of the structures in one batch differ in width {widths}: "
+                                 "every structure's label must have the components of the model's output")
+            parts = [g[key] if key in g else like.new_zeros((sizes[spec.per][i], *like.shape[1:]))
+                     for i, g in enumerate(graphs)]
+            out[key] = torch.cat(parts, dim=spec.cat_dim)
             continue
         parts = [g[key] for g in graphs]
         if spec.index_of is not None:

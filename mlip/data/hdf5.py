@@ -6,10 +6,15 @@ shards ``shard_00000.h5``, ... Each shard stores its frames as flat, chunked arr
     positions [A, 3] f8, numbers [A] i2, forces [A, 3] f8 (NaN rows where missing),
     atom_ptr [F+1] i8 (frame f owns atoms atom_ptr[f]:atom_ptr[f+1]),
     cell [F, 3, 3] f8, pbc [F, 3] bool, energy [F] f8 (NaN: missing), stress [F, 3, 3] f8 (NaN: missing)
+    only in shards where some frame has them: total_charge [F] f8 (e), dipole [F, 3] f8 (e*A),
+    polarizability [F, 3, 3] f8 (A^3), NaN where missing; a shard without the dataset (all
+    older shards) reads as "label absent" for every frame (total charge: neutral)
     optionally a precomputed radius graph: edge_index [2, Ed] i4 (frame-local), edge_shift [Ed, 3] i1,
     edge_ptr [F+1] i8, with the cutoff in the shard attribute ``graph_r_max``.
 
-Values are in mlip units (eV, Angstrom, eV/A, eV/A^3). Only ``atom_ptr``/``edge_ptr`` of every
+Values are in mlip units (eV, Angstrom, eV/A, eV/A^3, e, e*A, A^3). The generic outputs
+(``structure_output``, ``atom_output``) have a model-dependent width and are not stored: train
+them from extxyz/ASE files. Only ``atom_ptr``/``edge_ptr`` of every
 shard are held in memory (16 bytes a frame); frames are read on demand, and each DataLoader
 worker opens its own file handles.
 """
@@ -43,6 +48,9 @@ class StoredField:
     dtype: str                 # numpy dtype on disk
     shape: Tuple[int, ...]     # shape of one atom's / one frame's value
     label: bool = False        # may be missing (NaN on disk, None in the Frame)
+    # written only when some frame of the shard has it; a shard without the dataset (e.g. one
+    # written before the label existed) reads as "absent" for all its frames
+    sparse: bool = False
 
 
 # the one declaration of what a shard holds; writing and reading both loop over it
@@ -54,6 +62,9 @@ STORED_FIELDS = (
     StoredField("pbc", "frame", "bool", (3,)),
     StoredField("energy", "frame", "f8", (), label=True),
     StoredField("stress", "frame", "f8", (3, 3), label=True),
+    StoredField("total_charge", "frame", "f8", (), label=True, sparse=True),
+    StoredField("dipole", "frame", "f8", (3,), label=True, sparse=True),
+    StoredField("polarizability", "frame", "f8", (3, 3), label=True, sparse=True),
 )
 
 
@@ -72,10 +83,13 @@ def _frame_values(h5, a: int, b: int, local: int) -> Dict[str, object]:
     """Frame attributes read from a shard: atoms a:b, frame ``local``; missing labels None."""
     values: Dict[str, object] = {}
     for field in STORED_FIELDS:
+        if field.sparse and field.name not in h5:
+            values[field.name] = None  # not in this shard (or a shard older than the label)
+            continue
         value = h5[field.name][a:b] if field.per == "atom" else h5[field.name][local]
         if field.label and np.isnan(value).any():
             value = None
-        elif field.name == "energy":
+        elif field.name in ("energy", "total_charge"):
             value = float(value)
         elif field.name == "numbers":
             value = value.astype(np.int64)
@@ -115,6 +129,8 @@ def write_shards(frames: Iterable[Frame], out_dir: str, frames_per_shard: int = 
         with h5py.File(tmp, "w") as h5:
             h5.attrs["format"] = FORMAT
             for field in STORED_FIELDS:
+                if field.sparse and all(np.isnan(v).all() for v in buf[field.name]):
+                    continue  # no frame of this shard has it: reads back as absent
                 if field.per == "atom":  # flat over atoms, chunked: frames are read as slices
                     h5.create_dataset(field.name, data=np.concatenate(buf[field.name]).astype(field.dtype),
                                       chunks=True)
@@ -236,10 +252,12 @@ class HDF5Dataset(Dataset):
     def frame_info(self) -> Dict[str, np.ndarray]:
         """Per-frame sizes and label flags of every frame, read once from the small per-frame
         datasets (no positions): ``num_atoms`` [F] i4, ``has_energy``, ``has_forces``,
-        ``has_stress`` and ``periodic`` [F] bool. About 8 bytes a frame."""
+        ``has_stress``, ``has_dipole``, ``has_polarizability`` and ``periodic`` [F] bool. About
+        10 bytes a frame."""
         if self._info is None:
             parts: Dict[str, List[np.ndarray]] = {k: [] for k in ("num_atoms", "has_energy", "has_forces",
-                                                                  "has_stress", "periodic")}
+                                                                  "has_stress", "has_dipole",
+                                                                  "has_polarizability", "periodic")}
             for shard in range(len(self.shard_paths)):
                 h5, ptrs = self._file(shard)
                 try:
@@ -250,6 +268,10 @@ class HDF5Dataset(Dataset):
                     pbc = h5["pbc"][()]
                     # a frame's forces are all present or all NaN: its first row decides
                     first_fx = h5["forces"][:, 0][ptr[:-1][sizes > 0]] if sizes.any() else np.zeros(0)
+                    # sparse labels: absent from a shard where no frame has them
+                    has_sparse = {name: (~np.isnan(h5[name][()].reshape(len(energy), -1)).any(axis=1)
+                                         if name in h5 else np.zeros(len(energy), dtype=bool))
+                                  for name in ("dipole", "polarizability")}
                 except Exception as exc:
                     raise InputError(f"cannot read the per-frame labels ({type(exc).__name__}: "
                                      f"{_first_line(exc)})", self.shard_paths[shard]) from None
@@ -261,6 +283,8 @@ class HDF5Dataset(Dataset):
                 parts["has_energy"].append(~np.isnan(energy))
                 parts["has_forces"].append(has_forces)
                 parts["has_stress"].append(~np.isnan(stress).any(axis=1))
+                for name, flags in has_sparse.items():
+                    parts[f"has_{name}"].append(flags)
                 parts["periodic"].append(pbc.any(axis=1))
             self._info = {k: np.concatenate(v) for k, v in parts.items()}
         return self._info

@@ -7,7 +7,8 @@ structure, and whether its values index atoms, edges, pairs or structures; batch
 (:func:`mlip.data.graph.collate`) and device moves (:func:`mlip.data.graph.to_device`) read
 it, so a new field is declared here and nowhere else in them. Units: positions and cells in
 Angstrom, energies in eV, forces in eV/A, stress in eV/A^3 (ASE sign: positive is tensile),
-virial in eV.
+virial in eV, charges in e (elementary charges), dipoles in e*A, polarizabilities in A^3 (the
+polarizability volume alpha / (4 pi eps0); 1 a.u. = 0.1481847 A^3).
 """
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -23,6 +24,9 @@ class Field:
     cat_dim: int = 0                 # the axis that batching concatenates
     optional: bool = False           # a batch keeps it only if every graph has it
     float64: bool = False            # stays float64 whatever the model's dtype
+    # a label of model-dependent width (the generic outputs): a graph without it counts, when
+    # batched with graphs that have it, as zeros of their shape (its weight field is 0 anyway)
+    fill_missing: bool = False
 
 
 FIELDS: Dict[str, Field] = {}
@@ -49,6 +53,9 @@ NUM_ATOMS = _field("num_atoms", "structure")  # [B] int64, atoms per structure
 # [E] int64, pair of each edge (0 <= p < P)
 EDGE_PAIR = _field("edge_pair", "edge", index_of="pair", optional=True)
 PAIR_EDGE = _field("pair_edge", "pair", index_of="edge", optional=True)  # [P] int64, one edge of each pair
+# [B] float, e: total charge of each structure (atoms.info["charge"]; 0 when not given). Read by
+# the dipole head only (charges sum to it); optional, so the exported model passes it on when given
+TOTAL_CHARGE = _field("total_charge", "structure", optional=True)
 
 # --- derived per-edge / per-node quantities -----------------------------------------------
 EDGE_VECTORS = _field("edge_vectors", "edge")  # [E, 3]
@@ -64,6 +71,12 @@ TOTAL_ENERGY = _field("total_energy", "structure")  # [B] eV
 FORCES = _field("forces", "atom")  # [N, 3] eV/A
 VIRIAL = _field("virial", "structure")  # [B, 3, 3] eV, -dE/d(strain)
 STRESS = _field("stress", "structure")  # [B, 3, 3] eV/A^3, ASE sign
+# output heads (mlip.nn.heads), written only by a model that has the head
+CHARGES = _field("charges", "atom")  # [N] e, per-atom charges (sum over a structure = total_charge)
+DIPOLE = _field("dipole", "structure")  # [B, 3] e*A, sum_i q_i r_i + sum_i p_i
+POLARIZABILITY = _field("polarizability", "structure")  # [B, 3, 3] A^3, symmetric
+STRUCTURE_OUTPUT = _field("structure_output", "structure")  # [B, D] generic irreps output (e3nn order)
+ATOM_OUTPUT = _field("atom_output", "atom")  # [N, D] generic per-atom irreps output (e3nn order)
 
 # --- labels (references read from data) ---------------------------------------------------
 REF_ENERGY = _field("ref_energy", "structure", float64=True)  # [B] eV
@@ -72,3 +85,12 @@ REF_STRESS = _field("ref_stress", "structure")  # [B, 3, 3] eV/A^3
 ENERGY_WEIGHT = _field("energy_weight", "structure")  # [B] 0 where a structure has no energy label
 FORCES_WEIGHT = _field("forces_weight", "atom")  # [N] 0 where forces are missing
 STRESS_WEIGHT = _field("stress_weight", "structure")  # [B] 0 where stress is missing
+REF_DIPOLE = _field("ref_dipole", "structure")  # [B, 3] e*A
+DIPOLE_WEIGHT = _field("dipole_weight", "structure")  # [B] 0 where the dipole is missing
+REF_POLARIZABILITY = _field("ref_polarizability", "structure")  # [B, 3, 3] A^3
+POLARIZABILITY_WEIGHT = _field("polarizability_weight", "structure")  # [B] 0 where missing
+# generic outputs: the label's width is the file's (graphs without the label carry none)
+REF_STRUCTURE_OUTPUT = _field("ref_structure_output", "structure", fill_missing=True)  # [B, D]
+STRUCTURE_OUTPUT_WEIGHT = _field("structure_output_weight", "structure")  # [B]
+REF_ATOM_OUTPUT = _field("ref_atom_output", "atom", fill_missing=True)  # [N, D]
+ATOM_OUTPUT_WEIGHT = _field("atom_output_weight", "atom")  # [N]

@@ -13,9 +13,16 @@ files (:class:`mlip.deploy.export.LammpsModel`), whose energy, forces and virial
 
 Properties: ``energy`` and ``free_energy`` (eV), ``energies`` (per atom, eV), ``forces``
 (eV/A) and, for periodic cells, ``stress`` (eV/A^3, Voigt xx yy zz yz xz xy, ASE sign:
-positive = tensile, ``stress = -virial / V``). A committee reports the mean of its members
-and, in ``calc.results``, ``energy_std``, ``energies_std``, ``forces_std`` and ``stress_std``
-(population standard deviation over the members), plus each member's ``committee_energies``.
+positive = tensile, ``stress = -virial / V``). A model with a dipole head (:mod:`mlip.nn.heads`)
+adds ``dipole`` (e*A, ``atoms.get_dipole_moment()``) and ``charges`` (e, per atom, summing to
+the total charge: ``atoms.info["charge"]``, else the sum of ``atoms.get_initial_charges()``,
+else 0); with a polarizability head ``calc.results["polarizability"]`` holds the 3x3 tensor
+(A^3), with generic heads ``results["structure_output"]`` / ``results["atom_output"]``. For a
+periodic cell the dipole uses the positions as given (see :mod:`mlip.nn.heads`).
+
+A committee reports the mean of its members and, in ``calc.results``, ``energy_std``,
+``energies_std``, ``forces_std`` and ``stress_std`` (population standard deviation over the
+members; ``dipole_std`` etc. for the heads), plus each member's ``committee_energies``.
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ class LoadedModel:
     """One model in contract form: ``module(dict) -> dict`` plus r_max, type names and dtype."""
 
     def __init__(self, module, r_max: float, type_names: List[str], dtype: str, source: str,
-                 metadata: Optional[Dict[str, Any]] = None):
+                 metadata: Optional[Dict[str, Any]] = None, outputs: Sequence[str] = ()):
         from mlip.data.graph import TypeMapper
 
         self.module = module
@@ -47,6 +54,8 @@ class LoadedModel:
         self.source = source
         self.metadata = metadata or {}
         self.type_mapper = TypeMapper(self.type_names)
+        # the output heads' fields the module returns besides energy, forces and virial
+        self.outputs = list(outputs)
 
 
 def load_any(spec: ModelSpec, device: str = "cpu", dtype: Optional[str] = None, use_ema: bool = True,
@@ -67,7 +76,7 @@ def load_any(spec: ModelSpec, device: str = "cpu", dtype: Optional[str] = None, 
             raise InputError(f"the model object is {model_dtype}; rebuild it to use {dtype}")
         wrapper = LammpsModel(potential, getattr(torch, model_dtype)).to(device).eval()
         return LoadedModel(torch.jit.script(wrapper) if script else wrapper, potential.r_max,
-                           potential.type_names, model_dtype, "<model object>")
+                           potential.type_names, model_dtype, "<model object>", outputs=potential.output_fields)
     path = os.fspath(spec)
     if not os.path.exists(path):
         raise InputError("file not found", path)
@@ -77,7 +86,10 @@ def load_any(spec: ModelSpec, device: str = "cpu", dtype: Optional[str] = None, 
         if dtype is not None and dtype != meta["model_dtype"]:
             raise InputError(f"exported model is {meta['model_dtype']}; export again with "
                              f"`mlip export --dtype {dtype}` to run it in {dtype}", path)
-        return LoadedModel(module, meta["r_max"], meta["type_names"], meta["model_dtype"], path, meta)
+        from mlip.nn.heads import head_output_fields
+
+        return LoadedModel(module, meta["r_max"], meta["type_names"], meta["model_dtype"], path, meta,
+                           outputs=head_output_fields(meta["config"]))
     # a checkpoint or model file (raises InputError if it is neither)
     from mlip.checkpoint import build_from_record, load_record
 
@@ -95,7 +107,8 @@ def load_any(spec: ModelSpec, device: str = "cpu", dtype: Optional[str] = None, 
     module = torch.jit.script(wrapper) if script else wrapper
     meta = {"config": dict(record["config"]), "model_dtype": model_dtype, "r_max": potential.r_max,
             "type_names": list(record["type_names"])}
-    return LoadedModel(module, potential.r_max, record["type_names"], model_dtype, path, meta)
+    return LoadedModel(module, potential.r_max, record["type_names"], model_dtype, path, meta,
+                       outputs=potential.output_fields)
 
 
 def _param_dtype(module: torch.nn.Module) -> str:
@@ -103,6 +116,13 @@ def _param_dtype(module: torch.nn.Module) -> str:
         if p.is_floating_point():
             return str(p.dtype).replace("torch.", "")
     return "float64"
+
+
+def total_charge(atoms) -> float:
+    """The total charge (e) of ``atoms``: ``info["charge"]``, else the sum of the initial charges."""
+    if "charge" in atoms.info:
+        return float(atoms.info["charge"])
+    return float(np.sum(atoms.get_initial_charges()))
 
 
 class MLIPCalculator(Calculator):
@@ -170,6 +190,10 @@ class MLIPCalculator(Calculator):
                 raise InputError(f"committee members disagree on type_names: {names} vs {m.type_names}", m.source)
         self.type_names = names
         self.r_max = max(m.r_max for m in self.models)
+        # the heads every member has; dipole and charges become ASE properties
+        self.outputs = [f for f in self.models[0].outputs if all(f in m.outputs for m in self.models)]
+        if K.DIPOLE in self.outputs:
+            self.implemented_properties = list(type(self).implemented_properties) + ["dipole", "charges"]
 
     @property
     def committee_size(self) -> int:
@@ -189,7 +213,11 @@ class MLIPCalculator(Calculator):
         edge_pair, pair_edge = edge_pairs(edge_index, shifts)
         types = model.type_mapper(atoms.numbers)
         dev = self.device
+        extra: Dict[str, torch.Tensor] = {}
+        if model.outputs:  # what the dipole head's charges sum to
+            extra[K.TOTAL_CHARGE] = torch.tensor([total_charge(atoms)], dtype=torch.float64, device=dev)
         return {
+            **extra,
             K.EDGE_PAIR: torch.as_tensor(edge_pair, dtype=torch.long, device=dev),
             K.PAIR_EDGE: torch.as_tensor(pair_edge, dtype=torch.long, device=dev),
             K.POSITIONS: torch.as_tensor(positions, dtype=torch.float64, device=dev),
@@ -198,6 +226,15 @@ class MLIPCalculator(Calculator):
             K.EDGE_CELL_SHIFT: torch.as_tensor(shifts, dtype=torch.float64, device=dev),
             K.CELL: torch.as_tensor(cell, dtype=torch.float64, device=dev).view(1, 3, 3),
         }
+
+    def check_state(self, atoms, tol=1e-15):
+        """ASE's changes, plus a changed ``atoms.info["charge"]`` for a model with output heads
+        (ASE does not compare ``info``)."""
+        changes = super().check_state(atoms, tol)
+        if self.outputs and self.atoms is not None and "initial_charges" not in changes \
+                and total_charge(atoms) != total_charge(self.atoms):
+            changes.append("initial_charges")
+        return changes
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -209,11 +246,14 @@ class MLIPCalculator(Calculator):
             raise PropertyNotImplementedError("stress needs a periodic cell with non-zero volume")
         cache: Dict[float, Dict[str, torch.Tensor]] = {}
         energies, atomic, forces, stresses = [], [], [], []
+        heads: Dict[str, List[np.ndarray]] = {name: [] for name in self.outputs}
         for model in self.models:
             data = cache.get(model.r_max)
-            if data is None:
+            if data is None or (model.outputs and K.TOTAL_CHARGE not in data):
                 data = cache[model.r_max] = self.inputs(atoms, model)
             out = model.module(data)
+            for name in heads:
+                heads[name].append(out[name].detach().cpu().numpy().astype(np.float64))
             atomic.append(out[K.ATOMIC_ENERGY].detach().view(-1).cpu().numpy().astype(np.float64))
             energies.append(float(atomic[-1].sum()))
             forces.append(out[K.FORCES].detach().cpu().numpy().astype(np.float64))
@@ -233,6 +273,13 @@ class MLIPCalculator(Calculator):
         results["free_energy"] = results["energy"]
         if stresses:
             results["stress"] = np.mean(stresses, axis=0)
+        for name, values in heads.items():
+            # per structure ([1, ...] from the model) or per atom; the committee mean
+            value = np.mean(values, axis=0)
+            results[name] = value[0] if name in (K.DIPOLE, K.POLARIZABILITY, K.STRUCTURE_OUTPUT) else value
+            if len(self.models) > 1:
+                std = np.std(values, axis=0)
+                results[f"{name}_std"] = std[0] if name in (K.DIPOLE, K.POLARIZABILITY, K.STRUCTURE_OUTPUT) else std
         if len(self.models) > 1:
             results["energy_std"] = float(np.std(energies))
             results["energies_std"] = np.std(atomic, axis=0)

@@ -49,7 +49,9 @@ Outputs (``compute``), read with ``accessor<double, N>`` so they must be float64
 
 We also write ``total_energy`` [1, 1] and our own metadata: ``mlip_version``, ``model_dtype``,
 ``config`` (the architecture config as JSON), ``units`` ("metal": eV, Angstrom, eV/Angstrom)
-and ``format``.
+and ``format``. A model with output heads (``dipole``, ``polarizability``, generic outputs in
+its config) also returns their fields (see :class:`LammpsModel`), which LAMMPS ignores and the
+ASE calculator reads; it takes an optional ``total_charge`` input (e, default 0).
 
 The wrapper, :class:`LammpsModel`, has no forward pass of its own: energy, forces and virial
 come from :meth:`mlip.nn.Potential.energy_and_derivatives`, the code path of training.
@@ -90,7 +92,11 @@ class LammpsModel(nn.Module):
     code path of training, computes energy, forces and virial, with the geometry in float64
     and the network in ``model_dtype``. Back come ``atomic_energy`` [N, 1] and
     ``total_energy`` [1, 1] (eV), ``forces`` [N, 3] (eV/A) and ``virial`` [1, 3, 3]
-    (-dE/d(strain), eV), all float64 and detached.
+    (-dE/d(strain), eV), all float64 and detached; a model with output heads
+    (:mod:`mlip.nn.heads`) adds theirs: ``charges`` [N] (e), ``dipole`` [1, 3] (e*A),
+    ``polarizability`` [1, 3, 3] (A^3), ``structure_output`` [1, D], ``atom_output`` [N, D].
+    The optional input ``total_charge`` [1] (e; default 0) is the charge the dipole head's
+    charges sum to.
     """
 
     def __init__(self, potential: Potential, model_dtype: torch.dtype):
@@ -139,12 +145,17 @@ class LammpsModel(nn.Module):
                 graph[name] = value.to(f64) if value.is_floating_point() else value.to(torch.long)
         out = self.potential.energy_and_derivatives(graph, compute_forces=True, compute_virial=True,
                                                     create_graph=False, network_dtype=self.dtype_probe.dtype)
-        return {
+        result = {
             K.ATOMIC_ENERGY: out[K.ATOMIC_ENERGY].to(f64).view(n, 1).detach(),
             K.TOTAL_ENERGY: out[K.TOTAL_ENERGY].to(f64).view(1, 1).detach(),
             K.FORCES: out[K.FORCES].detach(),
             K.VIRIAL: out[K.VIRIAL].detach(),
         }
+        # extra outputs of a model with output heads (charges, dipole, polarizability, generic
+        # outputs), float64; the LAMMPS plugin reads none of them
+        for name in self.potential.output_fields:
+            result[name] = out[name].to(f64).detach()
+        return result
 
 
 def make_metadata(record: Mapping[str, Any], dtype: str, allow_tf32: bool = False) -> Dict[str, str]:

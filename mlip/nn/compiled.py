@@ -65,7 +65,8 @@ class CompiledPotential:
         if not (training and torch.is_grad_enabled()):
             params = [p.detach() for p in params]  # nothing to differentiate: an inference graph
         buffers = [b for _, b in self.potential.named_buffers()]
-        outputs = OUTPUTS_STRESS if compute_stress else OUTPUTS_FORCES
+        # plus what the output heads write (charges, dipole, ...; none for an energy-only model)
+        outputs = (OUTPUTS_STRESS if compute_stress else OUTPUTS_FORCES) + tuple(self.potential.output_fields)
         key = (tuple(keys), _size_pattern(inputs), bool(compute_stress), bool(training), self.potential.training)
         fn = self._graphs.get(key)
         if fn is None:

@@ -29,6 +29,7 @@ from mlip.data import keys as K
 from mlip.nn.build import radial_mlp_widths, register_architecture
 from mlip.nn.edges import EdgeEmbedding
 from mlip.nn.embedding import SpeciesEmbedding
+from mlip.nn.heads import OutputHeads, has_heads, head_irreps
 from mlip.irreps import Irrep, e3nn_irreps, sh_irreps
 from mlip.nn.linear import IrrepsLinear, SpeciesLinear
 from mlip.nn.radial import RadialMLP
@@ -116,6 +117,12 @@ class MACEModel(nn.Module):
     radial functions within ``r_max`` (Angstrom) with a polynomial envelope of order
     ``cutoff_p``; radial MLPs of ``radial_depth`` layers of ``radial_hidden`` units; last-layer
     readout MLP of ``readout_hidden`` units (``nonlinear_readout``; otherwise linear).
+
+    Output heads (:mod:`mlip.nn.heads`; none by default): ``dipole`` (charges summing to the
+    total charge, plus per-atom dipoles with ``atomic_dipoles``), ``polarizability``, and
+    generic ``structure_output`` / ``atom_output`` irreps of natural parity (e.g. "1x1o+1x2e";
+    MACE's features are 0e, 1o, 2e, ... only, so pseudo-tensors such as 0o need NequIP). The
+    last layer then also outputs the irreps the heads read.
     """
 
     def __init__(self, num_types: int, r_max: float = 5.0, num_interactions: int = 2, channels: int = 32,
@@ -123,7 +130,9 @@ class MACEModel(nn.Module):
                  cutoff_p: int = 5, radial_hidden: int = 64, radial_depth: int = 3, readout_hidden: int = 16,
                  nonlinear_readout: bool = True, avg_num_neighbors: float = 10.0,
                  atomic_energy_scales: Union[Sequence[float], float] = 1.0,
-                 atomic_energy_shifts: Union[Sequence[float], float] = 0.0, message_backend: str = "auto"):
+                 atomic_energy_shifts: Union[Sequence[float], float] = 0.0, message_backend: str = "auto",
+                 dipole: bool = False, atomic_dipoles: bool = True, polarizability: bool = False,
+                 structure_output: str = "", atom_output: str = ""):
         super().__init__()
         if num_interactions < 1:
             raise ValueError("num_interactions must be at least 1")
@@ -138,9 +147,12 @@ class MACEModel(nn.Module):
         hidden = sh_irreps(max_L, parity)  # natural parity: 0e, 1o, 2e, ... (all even for SO(3))
         layers: List[MACELayer] = []
         irreps: List[Irrep] = [(0, 1)]
+        # the last layer computes scalars, plus what the output heads read (nothing by default)
+        last_target = [(0, 1)] + head_irreps(parity, dipole, atomic_dipoles, polarizability, structure_output,
+                                             atom_output)
         for t in range(num_interactions):
             last = t == num_interactions - 1
-            target = [(0, 1)] if last else hidden
+            target = last_target if last else hidden
             readout: nn.Module = (ScalarReadout(channels, readout_hidden) if last and nonlinear_readout
                                   else LinearReadout(channels))
             layer = MACELayer(irreps, irreps_sh, target, channels, correlation, num_types, num_bessel, radial_hidden,
@@ -151,6 +163,12 @@ class MACEModel(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.scale_shift = ScaleShift(num_types, atomic_energy_scales, atomic_energy_shifts)
         self.irreps_out = "1x0e"
+        # created last, and only when asked for: an energy-only model draws nothing more
+        self.heads: Optional[OutputHeads] = None
+        if has_heads(dipole, polarizability, structure_output, atom_output):
+            self.heads = OutputHeads(irreps, channels, parity, num_types, dipole, atomic_dipoles, polarizability,
+                                     structure_output, atom_output, readout_hidden)
+        self.output_fields: List[str] = self.heads.output_fields if self.heads is not None else []
 
     def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         atom_types = data[K.ATOM_TYPES]
@@ -167,4 +185,7 @@ class MACEModel(nn.Module):
             x, e = layer(x, atom_types, edge_sh, edge_radial, edge_index, edge_pair)
             energy = energy + e
         data[K.ATOMIC_ENERGY] = self.scale_shift(energy, atom_types)
+        heads = self.heads
+        if heads is not None:
+            data = heads(x, data)
         return data

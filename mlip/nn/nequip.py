@@ -4,7 +4,6 @@ It reads edge vectors from the graph dict and writes per-atom energies; forces a
 taken by :class:`mlip.nn.potential.Potential`, which every architecture shares.
 """
 
-import math
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -14,6 +13,7 @@ from mlip.data import keys as K
 from mlip.nn.build import register_architecture
 from mlip.nn.edges import EdgeEmbedding
 from mlip.nn.embedding import SpeciesEmbedding
+from mlip.nn.heads import OutputHeads, has_heads, head_irreps
 from mlip.nn.interaction import NequIPInteraction
 from mlip.irreps import hidden_irreps, sh_irreps
 from mlip.nn.readout import ScalarReadout, ScaleShift
@@ -37,6 +37,11 @@ class NequIPModel(nn.Module):
     species, C x C weights per irrep and species) or "embedding" (NequIP's: bilinear in the
     features and the C-dimensional species embedding, C x C x C weights per irrep, in every block
     after the first; the first keeps the per-species map).
+
+    Output heads (:mod:`mlip.nn.heads`; none by default): ``dipole`` (charges summing to the
+    total charge, plus per-atom dipoles with ``atomic_dipoles``), ``polarizability``, and
+    generic ``structure_output`` / ``atom_output`` irreps (e.g. "1x0o"). The last block then
+    also outputs the irreps the heads read.
     """
 
     def __init__(self, num_types: int, r_max: float = 5.0, num_layers: int = 3, channels: int = 32, l_max: int = 1,
@@ -44,7 +49,8 @@ class NequIPModel(nn.Module):
                  radial_depth: int = 2, readout_hidden: int = 16, avg_num_neighbors: float = 10.0,
                  atomic_energy_scales: Union[Sequence[float], float] = 1.0,
                  atomic_energy_shifts: Union[Sequence[float], float] = 0.0, message_backend: str = "auto",
-                 self_connection: str = "species"):
+                 self_connection: str = "species", dipole: bool = False, atomic_dipoles: bool = True,
+                 polarizability: bool = False, structure_output: str = "", atom_output: str = ""):
         super().__init__()
         if num_layers < 1:
             raise ValueError("num_layers must be at least 1")
@@ -57,8 +63,10 @@ class NequIPModel(nn.Module):
         hidden = hidden_irreps(l_max, parity)
         layers: List[NequIPInteraction] = []
         irreps = [(0, 1)]
+        # the last block outputs scalars, plus what the output heads read (nothing by default)
+        last = [(0, 1)] + head_irreps(parity, dipole, atomic_dipoles, polarizability, structure_output, atom_output)
         for i in range(num_layers):
-            target = hidden if i < num_layers - 1 else [(0, 1)]
+            target = hidden if i < num_layers - 1 else last
             # "embedding": the bilinear in every block after the first, as NequIP has it (its first
             # block has none: the input is the embedding itself); ours keeps the per-species map there
             embed_dim = channels if (self_connection == "embedding" and i > 0) else 0
@@ -70,6 +78,12 @@ class NequIPModel(nn.Module):
         self.readout = ScalarReadout(channels, readout_hidden)
         self.scale_shift = ScaleShift(num_types, atomic_energy_scales, atomic_energy_shifts)
         self.irreps_out = "1x0e"
+        # created last, and only when asked for: an energy-only model draws nothing more
+        self.heads: Optional[OutputHeads] = None
+        if has_heads(dipole, polarizability, structure_output, atom_output):
+            self.heads = OutputHeads(irreps, channels, parity, num_types, dipole, atomic_dipoles, polarizability,
+                                     structure_output, atom_output, readout_hidden)
+        self.output_fields: List[str] = self.heads.output_fields if self.heads is not None else []
 
     def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         atom_types = data[K.ATOM_TYPES]
@@ -84,4 +98,7 @@ class NequIPModel(nn.Module):
         for layer in self.layers:
             x = layer(x, atom_types, edge_sh, edge_radial, edge_index, edge_pair, self.embedding.weight)
         data[K.ATOMIC_ENERGY] = self.scale_shift(self.readout(x[:, 0, :]), atom_types)
+        heads = self.heads
+        if heads is not None:
+            data = heads(x, data)
         return data

@@ -66,8 +66,12 @@ class Potential(nn.Module):
 
     :meth:`energy_and_derivatives` is the one definition of energy, forces and virial: training
     and evaluation reach it through :meth:`forward`, the exported LAMMPS model and the ASE
-    calculator through :class:`mlip.deploy.export.LammpsModel`.
+    calculator through :class:`mlip.deploy.export.LammpsModel`. An energy model with output
+    heads (:mod:`mlip.nn.heads`) also writes their fields (``output_fields``: charges, dipole,
+    polarizability, generic outputs), which pass through unchanged.
     """
+
+    output_fields: List[str]  # typed for TorchScript (empty for an energy-only model)
 
     def __init__(self, energy_model: nn.Module, type_names: List[str], r_max: float):
         super().__init__()
@@ -77,6 +81,9 @@ class Potential(nn.Module):
         # fields that keep float64 when the network runs in another dtype: the registry's rule,
         # the one to_device applies to a batch (a list attribute, so TorchScript can read it)
         self.float64_fields: List[str] = [name for name, field in K.FIELDS.items() if field.float64]
+        # what the energy model's output heads (mlip.nn.heads) write besides the energy: charges,
+        # dipole, polarizability, generic outputs; [] for an energy-only model
+        self.output_fields: List[str] = list(getattr(energy_model, "output_fields", []))
 
     def forward(self, data: Dict[str, torch.Tensor], compute_forces: bool = True, compute_stress: bool = False,
                 training: bool = False) -> Dict[str, torch.Tensor]:

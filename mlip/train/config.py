@@ -239,11 +239,16 @@ def validate(raw: Mapping[str, Any], check_files: bool = True) -> Dict[str, Any]
 
     check_model_section(model)  # against the architecture's schema, before any data is read
     lw = cfg["loss"]
-    if not any(lw[f"{q}_weight"] > 0 for q in ("energy", "forces", "stress")):
+    from mlip.train.loss import HEAD_TERMS, check_head_weights
+
+    heads_weighted = any(lw[f"{q}_weight"] > 0 for q in HEAD_TERMS)  # kept in stage two
+    if not heads_weighted and not any(lw[f"{q}_weight"] > 0 for q in ("energy", "forces", "stress")):
         raise InputError("all loss weights are zero; set at least one of energy_weight, forces_weight, "
-                         "stress_weight > 0", key="loss")
+                         "stress_weight (or a head's weight) > 0", key="loss")
+    if not cfg["finetune"]["from"]:  # a foundation's model section is its own
+        check_head_weights(lw, check_model_section(model)[0])
     st = cfg["stage_two"]
-    if st["enabled"] and not (st["energy_weight"] > 0 or st["forces_weight"] > 0
+    if st["enabled"] and not (st["energy_weight"] > 0 or st["forces_weight"] > 0 or heads_weighted
                               or (st["stress_weight"] if st["stress_weight"] is not None else lw["stress_weight"]) > 0):
         raise InputError("all stage-two loss weights are zero", key="stage_two")
     if st["enabled"] and st["start_epoch"] is None:

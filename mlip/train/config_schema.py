@@ -49,6 +49,15 @@ SCHEMA: Dict[str, Any] = {
             "energy": Field("str", "energy", "name of the energy label (atoms.info or calculator)"),
             "forces": Field("str", "forces", "name of the forces label (atoms.arrays or calculator)"),
             "stress": Field("str", "stress", "name of the stress label (atoms.info or calculator)"),
+            "total_charge": Field("str", "charge", "name of the total charge (e) in atoms.info; absent: 0 "
+                                  "(the dipole head's charges sum to it)"),
+            "dipole": Field("str", "dipole", "name of the dipole label (e * length unit; atoms.info or calculator)"),
+            "polarizability": Field("str", "polarizability", "name of the polarizability label (length unit^3, "
+                                    "9 components or 6 Voigt xx yy zz yz xz xy; atoms.info)"),
+            "structure_output": Field("str", "structure_output", "name of the generic per-structure label "
+                                      "(atoms.info; components in e3nn order of model.structure_output)"),
+            "atom_output": Field("str", "atom_output", "name of the generic per-atom label (atoms.arrays; "
+                                 "components in e3nn order of model.atom_output)"),
         },
         "units": {
             "energy": Field("choice", None, "energy unit of the labels in the files (default: eV, "
@@ -84,6 +93,19 @@ SCHEMA: Dict[str, Any] = {
         "energy_weight": Field("float", 1.0, "weight of the energy term", low=0.0),
         "forces_weight": Field("float", 10.0, "weight of the forces term", low=0.0),
         "stress_weight": Field("float", 0.0, "weight of the stress term", low=0.0),
+        "dipole_weight": Field("float", 0.0, "weight of the dipole term (e*A, per component; needs "
+                               "model.dipole: true; labels atoms.info['dipole'])", low=0.0),
+        "polarizability_weight": Field("float", 0.0, "weight of the polarizability term (A^3, per component; "
+                                       "needs model.polarizability: true; labels atoms.info['polarizability'])",
+                                       low=0.0),
+        "structure_output_weight": Field("float", 0.0, "weight of the generic per-structure output term (needs "
+                                         "model.structure_output; labels atoms.info['structure_output'])", low=0.0),
+        "atom_output_weight": Field("float", 0.0, "weight of the generic per-atom output term (needs "
+                                    "model.atom_output; labels atoms.arrays['atom_output'])", low=0.0),
+        "balance": Field("choice", "none", "automatic balancing of terms in different units: 'uncertainty' "
+                         "follows the gradient of sum_k w_k log L_k (each term divided by its current value; "
+                         "Kendall et al.'s uncertainty weighting at its optimum, no extra parameters); the "
+                         "reported loss stays sum_k w_k L_k", choices=("none", "uncertainty")),
         "energy_per_atom": Field("bool", True, "energy term on (E_pred - E_ref) / N_atoms"),
         "type": Field("choice", "mse", "per-component error function", choices=("mse", "huber")),
         "huber_delta": Field("float", 0.01, "Huber transition point (label units)", low=0.0, low_open=True),
@@ -148,6 +170,8 @@ SCHEMA: Dict[str, Any] = {
             "energy": Field("float", 1.0, "weight of the energy RMSE (eV/atom) in the selection metric", low=0.0),
             "forces": Field("float", 1.0, "weight of the forces RMSE (eV/A)", low=0.0),
             "stress": Field("float", 0.0, "weight of the stress RMSE (eV/A^3)", low=0.0),
+            "dipole": Field("float", 0.0, "weight of the dipole RMSE (e*A)", low=0.0),
+            "polarizability": Field("float", 0.0, "weight of the polarizability RMSE (A^3)", low=0.0),
         },
     },
     "finetune": {

@@ -25,20 +25,27 @@ from mlip.train.labels import Coverage, coverage_from_flags, coverage_of_frames
 from mlip.train.loss import LossWeights, label_counts
 
 
+# labels whose file names data.keys may set; the others are looked up by LabelKeys' defaults
+# (atoms.info["charge"], ["dipole"], ["polarizability"], ["structure_output"], arrays["atom_output"])
+_LABEL_KEY_FIELDS = ("energy", "forces", "stress", "total_charge", "dipole", "polarizability", "structure_output",
+                     "atom_output")
+
+
 def label_keys(cfg: Mapping[str, Any]) -> LabelKeys:
     k = cfg["data"]["keys"]
-    return LabelKeys(energy=k["energy"], forces=k["forces"], stress=k["stress"])
+    return LabelKeys(**{name: k[name] for name in _LABEL_KEY_FIELDS if name in k})
 
 
 def label_key_names(cfg: Mapping[str, Any], path: str) -> Dict[str, str]:
     """label -> the name it is looked up by in ``path`` (for messages): the config's data.keys,
     data.npz_keys for an ``.npz``, the label itself for an HDF5 folder (named at preprocessing)."""
+    defaults = {name: getattr(LabelKeys(), name) for name in _LABEL_KEY_FIELDS}
     if path.endswith(".npz"):
         k = cfg["data"]["npz_keys"]
-        return {"energy": k["energy"], "forces": k["forces"], "stress": "stress"}
+        return {**defaults, "energy": k["energy"], "forces": k["forces"], "stress": "stress"}
     if is_hdf5_folder(path):
-        return {"energy": "energy", "forces": "forces", "stress": "stress"}
-    return dict(cfg["data"]["keys"])
+        return {name: name for name in _LABEL_KEY_FIELDS}
+    return {name: getattr(label_keys(cfg), name) for name in _LABEL_KEY_FIELDS}
 
 
 def npz_keys(cfg: Mapping[str, Any]) -> NpzKeys:
@@ -167,6 +174,8 @@ class HDF5GraphSet:
         self._energy = info["has_energy"][self.indices]
         self._forces = info["has_forces"][self.indices]
         self._stress = info["has_stress"][self.indices]
+        self._dipole = info["has_dipole"][self.indices]
+        self._polarizability = info["has_polarizability"][self.indices]
         self._periodic = info["periodic"][self.indices]
         self.graphs = LazyGraphs(dataset, self.indices)
         self.sources = _SourceNames(dataset, self.indices)
@@ -182,7 +191,8 @@ class HDF5GraphSet:
 
     def coverage(self) -> Dict[str, Coverage]:
         """How many structures carry each label (from the flags: no frame is read)."""
-        return coverage_from_flags({"energy": self._energy, "forces": self._forces, "stress": self._stress},
+        return coverage_from_flags({"energy": self._energy, "forces": self._forces, "stress": self._stress,
+                                    "dipole": self._dipole, "polarizability": self._polarizability},
                                    self._periodic, self.sources)
 
     def label_counts(self, idx: Sequence[int], weights: LossWeights) -> Dict[str, float]:
@@ -195,6 +205,13 @@ class HDF5GraphSet:
             counts["forces"] = 3.0 * float((self._atoms[idx] * self._forces[idx]).sum())
         if weights.stress > 0:
             counts["stress"] = 9.0 * float(self._stress[idx].sum())
+        if weights.dipole > 0:
+            counts["dipole"] = 3.0 * float(self._dipole[idx].sum())
+        if weights.polarizability > 0:
+            counts["polarizability"] = 9.0 * float(self._polarizability[idx].sum())
+        for name in ("structure_output", "atom_output"):  # not stored in HDF5 folders
+            if getattr(weights, name) > 0:
+                counts[name] = 0.0
         return counts
 
 

@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--energy-key", default="energy", help="name of the energy label")
     parser.add_argument("--forces-key", default="forces", help="name of the forces label")
     parser.add_argument("--stress-key", default="stress", help="name of the stress label")
+    parser.add_argument("--dipole-key", default="dipole", help="name of the dipole label (e*A; atoms.info)")
+    parser.add_argument("--polarizability-key", default="polarizability",
+                        help="name of the polarizability label (A^3, 3x3 or Voigt; atoms.info)")
+    parser.add_argument("--charge-key", default="charge", help="name of the total charge in atoms.info (default 0)")
     parser.add_argument("--energy-unit", default=None,
                         help="energy unit of the labels (default eV; kcal/mol for .npz)")
     parser.add_argument("--length-unit", default="A", help="length unit of the positions (default A)")
@@ -56,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     type_names, r_max = list(record["type_names"]), float(model.r_max)
     out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.model)), "evaluate")
     ensure_writable_dir(out_dir, key="--output-dir")  # before any structure is read or scored
-    keys = LabelKeys(energy=args.energy_key, forces=args.forces_key, stress=args.stress_key)
+    keys = LabelKeys(energy=args.energy_key, forces=args.forces_key, stress=args.stress_key, dipole=args.dipole_key,
+                     polarizability=args.polarizability_key, total_charge=args.charge_key)
     rows = {}
     written = []
     names = [file_stem(p) for p in args.data]
@@ -74,14 +79,16 @@ def run(args: argparse.Namespace) -> int:
             gs = GraphSet(name, frames)
         coverage = gs.coverage()
         print(f"{path}: {len(gs)} structures; labels {format_coverage(coverage)}")
-        if not coverage["energy"].labelled and not coverage["forces"].labelled:
-            raise InputError(f"no energy or forces labels to compare with (looked for '{keys.energy}' and "
-                             f"'{keys.forces}'; see --energy-key/--forces-key)", path)
+        if not any(c.labelled for c in coverage.values()):
+            raise InputError(f"no energy or forces labels, nor stress, dipole or polarizability, to compare with "
+                             f"(looked for '{keys.energy}', '{keys.forces}', '{keys.stress}', '{keys.dipole}', "
+                             f"'{keys.polarizability}'; see --energy-key, --forces-key, ...)", path)
         if isinstance(gs, GraphSet):
             gs.build(type_names, r_max, args.min_distance)
         pred = predict(model, gs.graphs, args.batch_size, device, gs.has_stress(), sources=gs.sources, keep=True)
         if args.no_plots:
             pred.energy = pred.forces = pred.stress = [[], []]  # nothing to plot
+            pred.heads = {}
         files = write_outputs(pred, out_dir, name)
         rows[name] = pred.metrics
         written += list(files.values())

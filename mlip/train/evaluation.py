@@ -20,7 +20,7 @@ from mlip.data.graph import Graph
 from mlip.errors import NonFiniteError
 from mlip.train.data import iterate_batches
 from mlip.train.loss import LossWeights, loss_sums
-from mlip.train.metrics import ErrorAccumulator
+from mlip.train.metrics import HEAD_FIELDS, ErrorAccumulator
 
 
 @dataclass
@@ -32,6 +32,9 @@ class Predictions:
     energy: List[np.ndarray] = field(default_factory=lambda: [np.zeros(0), np.zeros(0)])  # per atom
     forces: List[np.ndarray] = field(default_factory=lambda: [np.zeros(0), np.zeros(0)])
     stress: List[np.ndarray] = field(default_factory=lambda: [np.zeros(0), np.zeros(0)])
+    # the output heads' quantities the model has (dipole, polarizability, generic outputs):
+    # quantity -> [reference, prediction] of every labelled component
+    heads: Dict[str, List[np.ndarray]] = field(default_factory=dict)
 
 
 def _model_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -61,10 +64,10 @@ def validation_metrics(model: torch.nn.Module, graphs: Sequence[Graph], batch_si
     DDP) and, per loss term with a weight > 0, [sum, label count, ...]: the set's loss is
     independent of the batching (each term: sum over the set / count of the set)."""
     acc = ErrorAccumulator()
-    terms = [n for n in ("energy", "forces", "stress") if getattr(weights, n) > 0]
+    terms = weights.terms()
     parts = [0.0] * (2 * len(terms))
     # without stress labels a stress weight is dropped rather than read from absent outputs
-    w = weights if compute_stress or weights.stress == 0 else LossWeights(weights.energy, weights.forces, 0.0)
+    w = weights if compute_stress or weights.stress == 0 else weights.without("stress")
     for _, batch, out in evaluated_batches(model, graphs, batch_size, device, compute_stress, indices, workers):
         acc.update(out, batch)
         sums = loss_sums(out, batch, w, loss_cfg["energy_per_atom"], loss_cfg["type"], loss_cfg["huber_delta"])
@@ -77,7 +80,7 @@ def validation_metrics(model: torch.nn.Module, graphs: Sequence[Graph], batch_si
 
 def set_loss(weights: LossWeights, parts: Sequence[float]) -> float:
     """The weighted loss of a whole set from :func:`validation_metrics`' (all-reduced) parts."""
-    terms = [n for n in ("energy", "forces", "stress") if getattr(weights, n) > 0]
+    terms = weights.terms()
     return sum(getattr(weights, name) * parts[2 * i] / max(parts[2 * i + 1], 1e-12) for i, name in enumerate(terms))
 
 
@@ -89,11 +92,17 @@ def predict(model: torch.nn.Module, graphs: Sequence[Graph], batch_size: int, de
     acc = ErrorAccumulator()
     result = Predictions(metrics={})
     e_ref, e_pred, f_ref, f_pred, s_ref, s_pred = [], [], [], [], [], []
+    head_parts: Dict[str, List[List[np.ndarray]]] = {}
     for idx, batch, out in evaluated_batches(model, graphs, batch_size, device, compute_stress):
         _check_finite(out, batch, idx, sources)
         acc.update(out, batch)
         if not keep:
             continue
+        heads = _head_values(out, batch)
+        for q, (ref, pred, labelled) in heads.items():
+            parts = head_parts.setdefault(q, [[], []])
+            parts[0].append(ref[labelled].ravel())
+            parts[1].append(pred[labelled].ravel())
         n = batch[K.NUM_ATOMS].cpu().numpy()
         e_w = batch[K.ENERGY_WEIGHT].cpu().numpy() > 0
         f_w = batch[K.FORCES_WEIGHT].cpu().numpy() > 0
@@ -130,6 +139,7 @@ def predict(model: torch.nn.Module, graphs: Sequence[Graph], batch_size: int, de
                 row["stress_rmse_meV_A3"] = 1e3 * float(np.sqrt(np.mean(d ** 2)))
             else:
                 row["stress_rmse_meV_A3"] = math.nan
+            row.update(_head_columns(heads, b, atom_batch))
             result.rows.append(row)
     result.metrics = acc.result()
     if keep:
@@ -137,7 +147,55 @@ def predict(model: torch.nn.Module, graphs: Sequence[Graph], batch_size: int, de
         result.energy = [cat(e_ref), cat(e_pred)]
         result.forces = [cat(f_ref), cat(f_pred)]
         result.stress = [cat(s_ref), cat(s_pred)]
+        result.heads = {q: [cat(r), cat(p)] for q, (r, p) in head_parts.items()}
     return result
+
+
+def _head_values(out: Mapping[str, torch.Tensor], batch: Graph
+                 ) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """quantity -> (references, predictions, labelled mask) of the heads the model has (float64
+    numpy; per structure, or per atom for ``atom_output``); references are NaN where absent."""
+    values: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for q, pred_key, ref_key, weight_key in HEAD_FIELDS:
+        if pred_key not in out:
+            continue
+        pred = out[pred_key].to(torch.float64).cpu().numpy()
+        labelled = batch[weight_key].cpu().numpy() > 0
+        ref = batch[ref_key].to(torch.float64).cpu().numpy() if ref_key in batch else None
+        if ref is None or ref.shape != pred.shape:
+            ref, labelled = np.full(pred.shape, np.nan), np.zeros(len(pred), dtype=bool)
+        ref = np.where(labelled.reshape(-1, *([1] * (ref.ndim - 1))), ref, np.nan)
+        values[q] = (ref, pred, labelled)
+    return values
+
+
+def _head_columns(heads: Mapping[str, Tuple[np.ndarray, np.ndarray, np.ndarray]], b: int,
+                  atom_batch: np.ndarray) -> Dict[str, object]:
+    """Per-structure CSV columns of the heads the model has: the dipole's components (e*A), the
+    isotropic polarizability trace/3 (A^3), RMSEs per component; NaN where unlabelled."""
+    row: Dict[str, object] = {}
+    if "dipole" in heads:
+        ref, pred, labelled = heads["dipole"]
+        for k, axis in enumerate("xyz"):
+            row[f"dipole_{axis}_ref_eA"] = float(ref[b, k])
+            row[f"dipole_{axis}_pred_eA"] = float(pred[b, k])
+        row["dipole_error_eA"] = float(np.linalg.norm(pred[b] - ref[b])) if labelled[b] else math.nan
+    if "polarizability" in heads:
+        ref, pred, labelled = heads["polarizability"]
+        row["polarizability_iso_ref_A3"] = float(np.trace(ref[b]) / 3.0)
+        row["polarizability_iso_pred_A3"] = float(np.trace(pred[b]) / 3.0)
+        row["polarizability_rmse_A3"] = (float(np.sqrt(np.mean((pred[b] - ref[b]) ** 2))) if labelled[b]
+                                         else math.nan)
+    if "structure_output" in heads:
+        ref, pred, labelled = heads["structure_output"]
+        for k in range(pred.shape[1]):
+            row[f"structure_output_{k}_ref"] = float(ref[b, k])
+            row[f"structure_output_{k}_pred"] = float(pred[b, k])
+    if "atom_output" in heads:
+        ref, pred, labelled = heads["atom_output"]
+        mask = (atom_batch == b) & labelled
+        row["atom_output_rmse"] = float(np.sqrt(np.mean((pred[mask] - ref[mask]) ** 2))) if mask.any() else math.nan
+    return row
 
 
 def _check_finite(out: Dict[str, torch.Tensor], batch: Graph, idx: Sequence[int],
@@ -175,6 +233,11 @@ def write_outputs(pred: Predictions, out_dir: str, name: str) -> Dict[str, str]:
                   fh, indent=1)
     written["metrics"] = json_path
     for q, (ref, p) in (("energy", pred.energy), ("forces", pred.forces), ("stress", pred.stress)):
+        if len(ref):
+            path = parity_plot(ref, p, os.path.join(out_dir, f"{name}_parity_{q}.png"), q, f"{name}: {q}")
+            if path:
+                written[f"parity_{q}"] = path
+    for q, (ref, p) in pred.heads.items():
         if len(ref):
             path = parity_plot(ref, p, os.path.join(out_dir, f"{name}_parity_{q}.png"), q, f"{name}: {q}")
             if path:

@@ -3,7 +3,9 @@
 A label whose loss weight is positive must be there: a term with a positive weight and no
 labels at all is an error (it names the key that was looked for), and so is a structure that
 lacks it while others have it, unless ``data.allow_partial_labels`` says such structures
-should train on their other labels. Stress is only expected of periodic structures.
+should train on their other labels. Stress is only expected of periodic structures. The output
+heads' labels (dipole, polarizability, generic outputs) are checked the same way when their
+weight is positive, and only mentioned in the coverage line when some structure has them.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import numpy as np
 
 from mlip.errors import InputError
 
-LABELS = ("energy", "forces", "stress")
+LABELS = ("energy", "forces", "stress", "dipole", "polarizability", "structure_output", "atom_output")
+HEAD_LABELS = LABELS[3:]  # reported only where present
 
 
 @dataclass
@@ -33,7 +36,7 @@ def coverage_from_flags(has: Mapping[str, np.ndarray], periodic: np.ndarray,
     periodic = np.asarray(periodic, dtype=bool)
     out = {}
     for name in LABELS:
-        flags = np.asarray(has[name], dtype=bool)
+        flags = np.asarray(has[name], dtype=bool) if name in has else np.zeros(len(periodic), dtype=bool)
         eligible = periodic if name == "stress" else np.ones_like(flags)
         missing = np.flatnonzero(eligible & ~flags)
         out[name] = Coverage(int((flags & eligible).sum()), int(eligible.sum()), len(flags),
@@ -52,6 +55,8 @@ def format_coverage(coverage: Mapping[str, Coverage]) -> str:
     """``energy 450/450, forces 450/450, stress 0/450`` (stress out of the periodic structures)."""
     parts = []
     for name, c in coverage.items():
+        if name in HEAD_LABELS and not c.labelled:
+            continue
         part = f"{name} {c.labelled}/{c.eligible}"
         if c.eligible == 0:
             part = f"{name} - (no periodic structures)"
@@ -96,7 +101,7 @@ def weighted_labels(loss_cfg: Mapping[str, float], stage_two_cfg: Mapping[str, o
     """label -> (its largest loss weight over the run's stages, the config key that sets it)."""
     out = {}
     for name in LABELS:
-        weight, where = float(loss_cfg[f"{name}_weight"]), f"loss.{name}_weight"
+        weight, where = float(loss_cfg.get(f"{name}_weight", 0.0)), f"loss.{name}_weight"
         later = stage_two_cfg.get(f"{name}_weight") if stage_two_cfg.get("enabled") else None
         if later is not None and float(later) > weight:
             weight, where = float(later), f"stage_two.{name}_weight"

@@ -1,5 +1,11 @@
 """MAE and RMSE of energy per atom (eV/atom), total energy (eV), forces (eV/A, per component) and
-stress (eV/A^3, per component), accumulated over batches; only labelled entries count."""
+stress (eV/A^3, per component), accumulated over batches; only labelled entries count.
+
+A model with output heads (:mod:`mlip.nn.heads`) adds the dipole (e*A, per component), the
+polarizability (A^3, per component) and the generic outputs (label units, per component):
+:data:`HEAD_QUANTITIES`. They are reported only where something was labelled, so the results
+(and the metrics files) of energy-only models keep exactly the quantities in :data:`QUANTITIES`.
+"""
 from __future__ import annotations
 
 import math
@@ -10,17 +16,26 @@ import torch
 from mlip.data import keys as K
 
 QUANTITIES = ("energy", "energy_total", "forces", "stress")
-UNITS = {"energy": "eV/atom", "energy_total": "eV", "forces": "eV/A", "stress": "eV/A^3"}
+# (quantity, output field, reference field, weight field) of the output heads' quantities
+HEAD_FIELDS = (("dipole", K.DIPOLE, K.REF_DIPOLE, K.DIPOLE_WEIGHT),
+               ("polarizability", K.POLARIZABILITY, K.REF_POLARIZABILITY, K.POLARIZABILITY_WEIGHT),
+               ("structure_output", K.STRUCTURE_OUTPUT, K.REF_STRUCTURE_OUTPUT, K.STRUCTURE_OUTPUT_WEIGHT),
+               ("atom_output", K.ATOM_OUTPUT, K.REF_ATOM_OUTPUT, K.ATOM_OUTPUT_WEIGHT))
+HEAD_QUANTITIES = tuple(q for q, _, _, _ in HEAD_FIELDS)
+UNITS = {"energy": "eV/atom", "energy_total": "eV", "forces": "eV/A", "stress": "eV/A^3", "dipole": "e*A",
+         "polarizability": "A^3", "structure_output": "label units", "atom_output": "label units"}
 # displayed in milli-units, as the MACE/NequIP literature reports them
 DISPLAY = {"energy": ("meV/atom", 1e3), "energy_total": ("meV", 1e3), "forces": ("meV/A", 1e3),
-           "stress": ("meV/A^3", 1e3)}
+           "stress": ("meV/A^3", 1e3), "dipole": ("me*A", 1e3), "polarizability": ("A^3", 1.0),
+           "structure_output": ("label units", 1.0), "atom_output": ("label units", 1.0)}
 
 
 class ErrorAccumulator:
     """Sums of |error|, error^2 and counts per quantity; ``state_dict`` is plain floats (resumable)."""
 
     def __init__(self) -> None:
-        self.sums: Dict[str, list] = {q: [0.0, 0.0, 0.0] for q in QUANTITIES}  # abs, sq, count
+        # abs, sq, count; the head quantities too (the same keys on every DDP rank)
+        self.sums: Dict[str, list] = {q: [0.0, 0.0, 0.0] for q in QUANTITIES + HEAD_QUANTITIES}
         self.loss_sum = 0.0
         self.loss_count = 0
 
@@ -48,11 +63,20 @@ class ErrorAccumulator:
         if K.STRESS in out:
             self._add("stress", out[K.STRESS].detach() - batch[K.REF_STRESS].to(out[K.STRESS].dtype),
                       batch[K.STRESS_WEIGHT])
+        for q, pred, ref, weight in HEAD_FIELDS:
+            if pred in out and ref in batch and q in self.sums:
+                p = out[pred].detach()
+                r = batch[ref].to(p.dtype)
+                if r.shape == p.shape:
+                    self._add(q, p - r, batch[weight])
 
     def result(self) -> Dict[str, float]:
-        """``{quantity}_mae``, ``{quantity}_rmse`` (base units; NaN when nothing was labelled) and ``loss``."""
+        """``{quantity}_mae``, ``{quantity}_rmse`` (base units; NaN when nothing was labelled) and
+        ``loss``; the head quantities only when something was labelled."""
         out: Dict[str, float] = {}
         for q, (a, s, c) in self.sums.items():
+            if q in HEAD_QUANTITIES and not c:
+                continue
             out[f"{q}_mae"] = a / c if c else math.nan
             out[f"{q}_rmse"] = math.sqrt(s / c) if c else math.nan
         out["loss"] = self.loss_sum / self.loss_count if self.loss_count else math.nan
@@ -63,7 +87,9 @@ class ErrorAccumulator:
                 "loss_count": self.loss_count}
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
-        self.sums = {q: [float(x) for x in v] for q, v in state["sums"].items()}
+        # a checkpoint written before the head quantities existed lacks them: zeros
+        self.sums = {q: [0.0, 0.0, 0.0] for q in QUANTITIES + HEAD_QUANTITIES}
+        self.sums.update({q: [float(x) for x in v] for q, v in state["sums"].items()})
         self.loss_sum = float(state["loss_sum"])
         self.loss_count = int(state["loss_count"])
 
@@ -86,6 +112,12 @@ def format_errors(metrics: Mapping[str, float]) -> str:
         v = metrics.get(f"{q}_rmse", math.nan)
         if not math.isnan(v):
             parts.append(f"{label} {v * DISPLAY[q][1]:.4g}")
+    # the heads' quantities, when labelled: with their units (the log's header names E, F, S only)
+    for q, label in (("dipole", "mu"), ("polarizability", "alpha"), ("structure_output", "out"),
+                     ("atom_output", "atom_out")):
+        v = metrics.get(f"{q}_rmse", math.nan)
+        if not math.isnan(v):
+            parts.append(f"{label} {v * DISPLAY[q][1]:.4g} {DISPLAY[q][0]}")
     return " ".join(parts)
 
 
@@ -93,7 +125,7 @@ def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     """A text table: one row per data set, MAE and RMSE of each quantity in meV units."""
     header = ["set"]
     cols = []
-    for q in QUANTITIES:
+    for q in QUANTITIES + HEAD_QUANTITIES:
         unit, _ = DISPLAY[q]
         if any(not math.isnan(r.get(f"{q}_mae", math.nan)) for r in rows.values()):
             cols.append(q)

@@ -6,7 +6,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from mlip.train.metrics import DISPLAY
+from mlip.train.metrics import DISPLAY, HEAD_QUANTITIES, UNITS
 
 
 def _pyplot():
@@ -34,14 +34,14 @@ def learning_curve(history: Sequence[Mapping[str, float]], path: str,
     plt = _pyplot()
     epochs = np.array([h["epoch"] for h in history], dtype=float)
     panels = [("loss", "loss", "")]
-    for q in ("energy", "forces", "stress"):
+    for q in ("energy", "forces", "stress") + HEAD_QUANTITIES:
         if any(math.isfinite(h.get(f"train_{q}_rmse", math.nan)) or math.isfinite(h.get(f"valid_{q}_rmse", math.nan))
                for h in history):
             panels.append((f"{q}_rmse", f"{q} RMSE", DISPLAY[q][0]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.9, wspace=0.3)
     for ax, (key, title, unit) in zip(axes[0], panels):
-        factor = 1.0 if key == "loss" else 1e3
+        factor = 1.0 if key == "loss" else DISPLAY[key[:-len("_rmse")]][1]
         for split, style in (("train", "-"), ("valid", "-o")):
             y = np.array([h.get(f"{split}_{key}", math.nan) for h in history], dtype=float) * factor
             ok = np.isfinite(y) & (y > 0)
@@ -64,14 +64,15 @@ def learning_curve(history: Sequence[Mapping[str, float]], path: str,
 def parity_plot(ref: np.ndarray, pred: np.ndarray, path: str, quantity: str, title: str = "") -> Optional[str]:
     """Predicted against reference values with the y = x line, MAE and RMSE in the corner.
 
-    ``quantity`` is energy (per atom), forces or stress; values are in base units (eV...).
+    ``quantity`` is energy (per atom), forces, stress or a head's quantity (dipole,
+    polarizability, ...; :data:`mlip.train.metrics.UNITS`); values are in base units (eV...).
     """
     ref = np.asarray(ref, dtype=float).ravel()
     pred = np.asarray(pred, dtype=float).ravel()
     if ref.size == 0:
         return None
     plt = _pyplot()
-    units = {"energy": "eV/atom", "forces": "eV/A", "stress": "eV/A^3"}[quantity]
+    units = UNITS[quantity]
     err = pred - ref
     mae, rmse = float(np.mean(np.abs(err))), float(np.sqrt(np.mean(err ** 2)))
     disp_unit, f = DISPLAY[quantity]

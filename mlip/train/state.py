@@ -11,13 +11,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, TextIO
 
-from mlip.train.metrics import QUANTITIES, ErrorAccumulator
+from mlip.train.metrics import HEAD_QUANTITIES, QUANTITIES, ErrorAccumulator
 
 # one row per epoch in history, metrics.csv and wandb
 HISTORY_COLUMNS = (["epoch", "stage", "lr", "time_s", "energy_weight", "forces_weight", "stress_weight"]
                    + [f"{split}_{name}" for split in ("train", "valid")
                       for name in ["loss"] + [f"{q}_{k}" for q in QUANTITIES for k in ("mae", "rmse")]]
                    + ["metric", "best"])
+# the output heads' weights and errors (mlip.nn.heads): in a row, and appended to metrics.csv,
+# only when the run has them (a positive weight; a labelled quantity), so energy-only runs keep
+# exactly HISTORY_COLUMNS
+HEAD_COLUMNS = ([f"{q}_weight" for q in HEAD_QUANTITIES]
+                + [f"{split}_{q}_{k}" for split in ("train", "valid") for q in HEAD_QUANTITIES
+                   for k in ("mae", "rmse")])
 
 
 @dataclass
@@ -69,7 +75,10 @@ class TrainingState:
         if metric is not None:
             row["metric"] = metric
         row["best"] = int(is_best)
+        heads = {k: v for k, v in row.items() if k in HEAD_COLUMNS}
+        heads.update({f"{q}_weight": getattr(weights, q) for q in HEAD_QUANTITIES if getattr(weights, q, 0.0) > 0})
         row = {k: row.get(k, math.nan) for k in HISTORY_COLUMNS}
+        row.update({k: heads[k] for k in HEAD_COLUMNS if k in heads})
         self.history.append(row)
         return row
 
@@ -106,13 +115,15 @@ class TrainingState:
         self.train_seconds = float(obj.get("train_seconds", 0.0))  # absent before 2026-12-05
 
     def write_csv(self, fh: TextIO) -> None:
-        """The history as metrics.csv: a header of HISTORY_COLUMNS, one row per epoch."""
+        """The history as metrics.csv: a header of HISTORY_COLUMNS (plus the HEAD_COLUMNS that
+        some epoch has), one row per epoch."""
+        columns = list(HISTORY_COLUMNS) + [k for k in HEAD_COLUMNS if any(k in h for h in self.history)]
         writer = csv.writer(fh)
-        writer.writerow(HISTORY_COLUMNS)
+        writer.writerow(columns)
         for h in self.history:
             writer.writerow(["" if isinstance(h.get(k), float) and math.isnan(h[k]) else
                              (f"{h[k]:.8g}" if isinstance(h.get(k), float) else h.get(k, ""))
-                             for k in HISTORY_COLUMNS])
+                             for k in columns])
 
 
-__all__ = ["TrainingState", "HISTORY_COLUMNS"]
+__all__ = ["TrainingState", "HISTORY_COLUMNS", "HEAD_COLUMNS"]
