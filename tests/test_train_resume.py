@@ -141,3 +141,25 @@ def test_resume_at_an_epoch_boundary_with_more_epochs(setup):
     assert tr.state.epoch == EPOCHS - 1 and tr.state.step_in_epoch == 0
     tr.fit()
     assert len(tr.state.history) == EPOCHS and tr.state.global_step == EPOCHS * BATCHES
+
+
+def test_checkpoint_of_an_older_version_resumes(tmp_path):
+    """Keys added to the schema after a checkpoint was written (here data.keys.dipole and
+    train.schedule_follows_budget) read as their defaults: the run resumes instead of being
+    refused as 'a run whose config differs'."""
+    from mlip.train.config import validate
+    from mlip.train.trainer import Trainer, train
+
+    from test_train_helpers import tiny_config, write_frames
+
+    data = write_frames(str(tmp_path / "train.extxyz"), 8, seed=3)
+    raw = tiny_config(tmp_path, data, optim={"lr": 0.01, "max_epochs": 1})
+    train(validate(raw), echo=False)
+    tr = Trainer(validate(raw), echo=False)
+    path = tr.ckpts.list()[-1]
+    obj = torch.load(path, weights_only=True)
+    del obj["config"]["data"]["keys"]["dipole"], obj["config"]["train"]["schedule_follows_budget"]
+    torch.save(obj, path)
+    raw["optim"]["max_epochs"] = 2
+    resumed = Trainer(validate(raw), resume=True, echo=False)
+    assert resumed.state.epoch == 1

@@ -126,13 +126,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _with_defaults(old: Mapping[str, Any], schema: Mapping[str, Any], skip: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """``old`` with the schema's default for every key it lacks (nested sections too)."""
+    out = dict(old)
+    for key, sub in schema.items():
+        if key in skip:
+            continue
+        if isinstance(sub, dict):
+            out[key] = _with_defaults(old.get(key) or {}, sub)
+        elif key not in out:
+            out[key] = sub.default
+    return out
+
+
 def resume_config_changes(old: Mapping[str, Any], cfg: Mapping[str, Any], run_dir: str, folder: str) -> List[str]:
     """What changed in the config since the checkpoint (``section.key: old -> new``) for the log;
     an InputError when a change would make the resumed run another run (data, model, seed, dtype)."""
-    from mlip.train.config import SCHEMA
+    from mlip.train.config import MODEL_SECTION, SCHEMA
 
-    # runs from before the finetune section existed were not fine-tuned
-    old = dict(old, finetune=old.get("finetune", {k: f.default for k, f in SCHEMA["finetune"].items()}))
+    # keys added to the schema since the checkpoint was written read as their defaults, so a
+    # run started with an older mlip resumes (e.g. a finetune section: not fine-tuned)
+    old = _with_defaults(old, SCHEMA, skip=(MODEL_SECTION,))
     fixed = [k for k in FIXED_ON_RESUME if old.get(k) != cfg.get(k)]
     fixed += [f"data.{k}" for k in FIXED_DATA_ON_RESUME if old["data"].get(k) != cfg["data"].get(k)]
     if fixed:
