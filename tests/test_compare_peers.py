@@ -1,0 +1,256 @@
+"""scripts/compare_peers.py without the peers: the settings translation (mlip config and
+mace-torch arguments from one Settings), the data split and E0s, the log parsers (fixtures in
+tests/data/compare_peers/: mlip's metrics.csv and mace-torch 0.3.16's results file of a 2-epoch
+smoke run), the one metric code, the tables and the equal-time arithmetic."""
+import dataclasses
+import importlib.util
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "data", "compare_peers")
+
+_spec = importlib.util.spec_from_file_location("compare_peers", os.path.join(REPO, "scripts", "compare_peers.py"))
+cp = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("compare_peers", cp)  # dataclasses look their module up there
+_spec.loader.exec_module(cp)
+
+FILES = {"train": "/w/data/train.xyz", "valid": "/w/data/valid.xyz",
+         "e0s": {"H": -13.5, "C": -1029.4, "N": -1484.9, "O": -2041.9}}
+
+
+def flag_values(args):
+    """{flag: value or True} of a mace-torch argument list."""
+    out, i = {}, 0
+    while i < len(args):
+        assert args[i].startswith("--"), args[i]
+        if i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out[args[i]] = args[i + 1]
+            i += 2
+        else:
+            out[args[i]] = True
+            i += 1
+    return out
+
+
+def test_mlip_config_is_valid_and_reads_maces_names():
+    from mlip.nn.build import canonical_model_config
+    from mlip.train.config import validate
+
+    s = cp.Settings()
+    cfg = validate(cp.mlip_config(s, FILES, seed=3, epochs=12, run_dir="/w/mlip"), check_files=False)
+    model, _ = canonical_model_config(cfg["model"])
+    assert model == {"architecture": "mace", "r_max": 5.0, "num_interactions": 2, "channels": 64, "max_L": 1,
+                     "l_max": 3, "correlation": 3, "num_bessel": 8, "cutoff_p": 5, "radial_hidden": 64,
+                     "radial_depth": 3, "readout_hidden": 16}
+    assert cfg["dtype"] == "float64" and cfg["seed"] == 3
+    assert cfg["data"]["E0s"] == FILES["e0s"] and cfg["data"]["keys"]["energy"] == "REF_energy"
+    assert cfg["optim"]["weight_decay"] == 0.0 and cfg["optim"]["amsgrad"] is True
+    assert cfg["schedule"]["type"] == "plateau" and cfg["schedule"]["min_lr"] == 0.0
+    assert cfg["stage_two"]["enabled"] and cfg["stage_two"]["start_epoch"] == 9  # 12 // 4 * 3
+    assert cfg["loss"]["energy_per_atom"] and cfg["loss"]["type"] == "mse"
+
+
+def test_every_setting_reaches_both_programs():
+    s = cp.Settings(num_channels=24, max_ell=2, correlation=2, radial_MLP=(32, 32), readout_hidden=8,
+                    batch_size=7, lr=0.003, weight_decay=1e-6, clip_grad=5.0, energy_weight=2.0, forces_weight=50.0,
+                    plateau_factor=0.5, plateau_patience=7, ema_decay=0.95, stage_two_lr=2e-4,
+                    stage_two_energy_weight=300.0, stage_two_forces_weight=20.0, dtype="float32")
+    cfg = cp.mlip_config(s, FILES, seed=5, epochs=8, run_dir="/w/mlip")
+    a = flag_values(cp.mace_args(s, FILES, seed=5, epochs=8, run_dir="/w/mace"))
+    pairs = [  # (mlip value, mace-torch value)
+        (cfg["model"]["num_channels"], int(a["--num_channels"])), (cfg["model"]["max_ell"], int(a["--max_ell"])),
+        (cfg["model"]["correlation"], int(a["--correlation"])), (cfg["model"]["radial_MLP"], eval(a["--radial_MLP"])),
+        (f"{cfg['model']['readout_hidden']}x0e", a["--MLP_irreps"]), (cfg["dtype"], a["--default_dtype"]),
+        (cfg["data"]["batch_size"], int(a["--batch_size"])), (cfg["optim"]["lr"], float(a["--lr"])),
+        (cfg["optim"]["weight_decay"], float(a["--weight_decay"])),
+        (cfg["optim"]["clip_grad_norm"], float(a["--clip_grad"])),
+        (cfg["optim"]["max_epochs"], int(a["--max_num_epochs"])),
+        (cfg["loss"]["energy_weight"], float(a["--energy_weight"])),
+        (cfg["loss"]["forces_weight"], float(a["--forces_weight"])),
+        (cfg["schedule"]["factor"], float(a["--lr_factor"])), (cfg["schedule"]["patience"], int(a["--scheduler_patience"])),
+        (cfg["ema"]["decay"], float(a["--ema_decay"])), (cfg["stage_two"]["start_epoch"], int(a["--start_swa"])),
+        (cfg["stage_two"]["lr"], float(a["--swa_lr"])),
+        (cfg["stage_two"]["energy_weight"], float(a["--swa_energy_weight"])),
+        (cfg["stage_two"]["forces_weight"], float(a["--swa_forces_weight"])), (cfg["seed"], int(a["--seed"])),
+        (cfg["data"]["train_file"], a["--train_file"]), (cfg["data"]["valid_file"], a["--valid_file"]),
+        (cfg["data"]["keys"]["energy"], a["--energy_key"]), (cfg["data"]["keys"]["forces"], a["--forces_key"]),
+    ]
+    for mine, theirs in pairs:
+        assert mine == theirs
+    assert cfg["model"]["radial_MLP"] == [32, 32] and cfg["dtype"] == "float32"
+    assert eval(a["--E0s"]) == {1: -13.5, 6: -1029.4, 7: -1484.9, 8: -2041.9}  # keyed by Z for mace-torch
+    for flag in ("--ema", "--amsgrad", "--swa", "--save_all_checkpoints"):
+        assert a[flag] is True
+    assert a["--scheduler"] == "ReduceLROnPlateau" and a["--loss"] == "weighted" and a["--eval_interval"] == "1"
+    assert int(a["--patience"]) > 8  # no early stopping within the run
+    # every Settings field is used by both translations
+    assert {f.name for f in dataclasses.fields(cp.Settings)} <= {m[0] for m in cp.MAPPING} | {"stage_two"}
+
+
+def test_stage_two_off_and_start():
+    s = cp.Settings(stage_two=False)
+    assert "--swa" not in cp.mace_args(s, FILES, 1, 10, "/w")
+    assert cp.mlip_config(s, FILES, 1, 10, "/w")["stage_two"]["enabled"] is False
+    assert [cp.stage_two_start(e) for e in (1, 2, 4, 10, 100)] == [1, 1, 3, 6, 75]  # mace-torch's default
+    assert "--swa" not in cp.mace_args(cp.Settings(), FILES, 1, 10, "/w", stage_two=False)
+
+
+def test_mapping_table_names_every_flag():
+    text = cp.mapping_table(cp.Settings())
+    for flag in ("--num_channels", "--radial_MLP", "--swa_lr", "--scheduler_patience", "--E0s"):
+        assert flag in text
+    assert "model.radial_MLP" in text and "[64, 64, 64]" in text
+
+
+def test_nequip_is_refused_with_a_message(capsys):
+    with pytest.raises(SystemExit, match="not implemented yet"):
+        cp.main(["--peer", "nequip", "--work", "/nonexistent"])
+
+
+# --- data -------------------------------------------------------------------------------------
+
+def _molecules(n, rng, energy_in_calc=True):
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    out = []
+    for i in range(n):
+        a = Atoms("CH2O", positions=rng.normal(size=(4, 3)) + np.arange(4)[:, None] * 1.5)
+        e, f = -100.0 - i, rng.normal(size=(4, 3))
+        if energy_in_calc:
+            a.calc = SinglePointCalculator(a, energy=e, forces=f)
+        else:
+            a.info["energy"], a.arrays["forces"] = e, f
+        out.append(a)
+    return out
+
+
+def test_prepare_data_writes_one_split_with_isolated_e0s(tmp_path, rng):
+    import ase.io
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    root = tmp_path / "data"
+    (root / "3bpa").mkdir(parents=True)
+    train = _molecules(12, rng)
+    ase.io.write(root / "3bpa" / "train_300K.xyz", train)
+    for name in ("test_300K.xyz", "test_600K.xyz"):
+        ase.io.write(root / "3bpa" / name, _molecules(5, rng))
+    iso = []
+    for sym, e in (("H", -13.6), ("C", -1029.5), ("O", -2042.0)):
+        a = Atoms(sym)
+        a.calc = SinglePointCalculator(a, energy=e)
+        iso.append(a)
+    ase.io.write(root / "3bpa" / "iso_atoms.xyz", iso)
+    work = tmp_path / "work"
+    meta = cp.prepare_data("3bpa", str(work), 6, 3, split_seed=7, n_test=4, data_root=str(root))
+    assert meta["e0s"] == {"H": -13.6, "C": -1029.5, "O": -2042.0}
+    assert len(meta["train_indices"]) == 6 and not set(meta["train_indices"]) & set(meta["valid_indices"])
+    written = ase.io.read(meta["train"], ":")
+    for a, i in zip(written, meta["train_indices"]):
+        assert a.info["REF_energy"] == pytest.approx(train[i].get_potential_energy())
+        assert np.allclose(a.arrays["REF_forces"], train[i].get_forces())
+        assert a.calc is None or "energy" not in getattr(a.calc, "results", {})  # labels only under REF_*
+    ref = cp.read_references(meta["tests"]["test_600K"])
+    assert ref["energy"].shape == (4,) and ref["forces"].shape == (16, 3) and list(ref["natoms"]) == [4] * 4
+    # a second call reuses the split; a different request is refused
+    assert cp.prepare_data("3bpa", str(work), 6, 3, 7, 4, str(root))["train_indices"] == meta["train_indices"]
+    with pytest.raises(SystemExit, match="different split"):
+        cp.prepare_data("3bpa", str(work), 5, 3, 7, 4, str(root))
+
+
+def test_rmd17_npz_is_converted_and_e0s_fitted(tmp_path, rng):
+    path = tmp_path / "x.npz"
+    np.savez(path, nuclear_charges=np.array([6, 1, 1, 8]), coords=rng.normal(size=(3, 4, 3)),
+             energies=np.array([-1000.0, -1001.0, -1002.0]), forces=np.ones((3, 4, 3)))
+    atoms = cp.read_structures(str(path))
+    assert atoms[1].info["REF_energy"] == pytest.approx(-1001.0 * 0.0433641043)
+    assert np.allclose(atoms[0].arrays["REF_forces"], 0.0433641043)
+    e0 = cp.e0s_least_squares(atoms)
+    # one composition (C1 H2 O1): minimum norm spreads the mean energy in proportion to the counts
+    mean = np.mean([a.info["REF_energy"] for a in atoms])
+    assert e0["C"] == pytest.approx(mean / 6) and e0["H"] == pytest.approx(2 * mean / 6)  # c / |c|^2, |c|^2 = 6
+    assert e0["C"] + 2 * e0["H"] + e0["O"] == pytest.approx(mean)
+
+
+def test_split_is_seeded_and_disjoint():
+    a = cp.split_indices(500, 450, 50, 1234)
+    assert a == cp.split_indices(500, 450, 50, 1234) and a != cp.split_indices(500, 450, 50, 1)
+    assert sorted(a[0] + a[1]) == list(range(500))
+    with pytest.raises(SystemExit):
+        cp.split_indices(10, 8, 5, 0)
+
+
+# --- logs, metrics, tables --------------------------------------------------------------------
+
+def test_parse_mace_results_fixture():
+    rows = cp.parse_mace_results(os.path.join(FIXTURES, "mace_train.txt"))
+    assert [r["epoch"] for r in rows] == [1, 2]  # mace-torch's epochs 0 and 1; the initial validation dropped
+    assert rows[1]["valid_F"] == pytest.approx(927.9231489401808)
+    assert rows[1]["valid_E"] == pytest.approx(4869.408258980801)
+    assert rows[0]["seconds"] == pytest.approx(0.6512150764465332 + 0.2403697967529297 + 0.23752188682556152
+                                               + 0.17520761489868164)
+
+
+def test_parse_mlip_metrics_fixture():
+    rows = cp.parse_mlip_metrics(os.path.join(FIXTURES, "mlip_metrics.csv"))
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["stage"] for r in rows] == [1, 2]
+    assert rows[1]["valid_F"] == pytest.approx(923.34778) and rows[1]["valid_E"] == pytest.approx(4815.4311)
+    assert rows[0]["seconds"] == pytest.approx(0.285)
+
+
+def test_errors_one_metric_code():
+    ref = {"energy": np.array([-10.0, -20.0]), "forces": np.zeros((5, 3)), "natoms": np.array([2, 3])}
+    pred = {"energy": np.array([-9.998, -20.006]), "forces": np.full((5, 3), 0.01)}
+    m = cp.errors(ref, pred)
+    assert m["energy_rmse_meV_atom"] == pytest.approx(math.sqrt((1.0 ** 2 + 2.0 ** 2) / 2))  # 2/2 and 6/3 meV/atom
+    assert m["energy_mae_meV"] == pytest.approx(4.0)
+    assert m["forces_rmse_meV_A"] == pytest.approx(10.0) and m["forces_mae_meV_A"] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="do not match"):
+        cp.errors(ref, {"energy": pred["energy"], "forces": pred["forces"][:4]})
+
+
+def test_tables():
+    mlip = [{"epoch": 1, "valid_E": 5.0, "valid_F": 100.0, "seconds": 2.0},
+            {"epoch": 2, "valid_E": 4.0, "valid_F": 90.0, "seconds": 2.0}]
+    peer = [{"epoch": 1, "valid_E": 6.0, "valid_F": 110.0, "seconds": 3.0}]
+    rows = cp.epoch_rows(1, mlip, peer)
+    assert rows[0] == [1, 1, 5.0, 100.0, 6.0, 110.0, 2.0, 3.0]
+    assert rows[1][:4] == [1, 2, 4.0, 90.0] and math.isnan(rows[1][4])
+    text = cp.format_table([h.format(peer="mace") for h in cp.EPOCH_HEADER], rows)
+    assert "mace valid F" in text and text.splitlines()[3].split()[4] == "-"
+    header, frows = cp.final_rows([{"program": "mlip", "seed": 1, "epochs": 2, "params": 10, "s_per_epoch": 2.0,
+                                    "cpu_s": 9.0, "wall_s": 10.0,
+                                    "tests": {"test_300K": {"energy_rmse_meV_atom": 1.5, "forces_rmse_meV_A": 50.0}}}],
+                                  ["test_300K", "test_600K"])
+    assert header[-4:] == ["test_300K E", "test_300K F", "test_600K E", "test_600K F"]
+    assert frows[0][-4:-2] == [1.5, 50.0] and math.isnan(frows[0][-1])
+
+
+def test_plot_and_csv(tmp_path):
+    rows = cp.epoch_rows(1, [{"epoch": 1, "valid_E": 5.0, "valid_F": 100.0, "seconds": 2.0}],
+                         [{"epoch": 1, "valid_E": 6.0, "valid_F": 110.0, "seconds": 3.0}])
+    cp.plot_valid_forces(str(tmp_path / "f.png"), "mace", rows)
+    cp.write_csv(str(tmp_path / "e.csv"), cp.EPOCH_HEADER, rows)
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    assert (tmp_path / "e.csv").read_text().splitlines()[1].startswith("1,1,5.0,100.0")
+
+
+def test_epochs_for_budget():
+    epochs, per_epoch, fixed = cp.epochs_for_budget(600.0, cpu_short=30.0, cpu_long=70.0, epochs_short=1, epochs_long=3)
+    assert per_epoch == pytest.approx(20.0) and fixed == pytest.approx(10.0) and epochs == 30
+    assert cp.epochs_for_budget(5.0, 30.0, 70.0, 1, 3)[0] == 1  # at least one epoch
+    with pytest.raises(SystemExit, match="calibration failed"):
+        cp.epochs_for_budget(600.0, 30.0, 29.0, 1, 3)
+
+
+def test_smoke_settings_and_overrides():
+    args = cp.build_parser().parse_args(["--smoke", "--lr", "0.02", "--radial-MLP", "8", "8"])
+    s = cp.settings_from_args(args)
+    assert s.num_channels == cp.SMOKE_MODEL["num_channels"] and s.lr == 0.02 and s.radial_MLP == (8, 8)
+    assert cp.settings_from_args(cp.build_parser().parse_args([])) == cp.Settings()
