@@ -468,7 +468,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "-"
-        return f"{v:.1f}" if abs(v) >= 100 else (f"{v:.2f}" if abs(v) >= 1 else f"{v:.3g}")
+        return f"{v:.1f}" if abs(v) >= 100 else (f"{v:.2f}" if abs(v) >= 0.995 else f"{v:.3g}")
     return str(v)
 
 
@@ -819,7 +819,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.equal_time is not None:
         budget = 60.0 * args.equal_time
         a, b = args.calibrate_epochs or ((1, 6) if args.smoke else (1, 3))
-        for name in ("mlip", peer):
+        for name in names:  # a program reused through --programs keeps the epochs it ran
             cpu = []
             for n in (a, b):
                 r = trainers[name](s, meta, args.seeds[0], n, os.path.join(work, f"calibrate_{name}_{n}"), args.threads,

@@ -254,3 +254,78 @@ def test_smoke_settings_and_overrides():
     s = cp.settings_from_args(args)
     assert s.num_channels == cp.SMOKE_MODEL["num_channels"] and s.lr == 0.02 and s.radial_MLP == (8, 8)
     assert cp.settings_from_args(cp.build_parser().parse_args([])) == cp.Settings()
+
+
+def test_main_end_to_end_with_stand_in_programs(tmp_path, rng, monkeypatch, capsys):
+    """main() with stand-ins for the two trainings and predictions: data, equal-time calibration,
+    per-epoch and test tables, CSV, PNG and summary (the real programs: --smoke, by hand)."""
+    import json
+
+    import ase.io
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    root = tmp_path / "data"
+    (root / "3bpa").mkdir(parents=True)
+    ase.io.write(root / "3bpa" / "train_300K.xyz", _molecules(12, rng))
+    for name in ("test_300K.xyz", "test_600K.xyz"):
+        ase.io.write(root / "3bpa" / name, _molecules(3, rng))
+    iso = []
+    for sym in ("H", "C", "O"):
+        a = Atoms(sym)
+        a.calc = SinglePointCalculator(a, energy=-1.0)
+        iso.append(a)
+    ase.io.write(root / "3bpa" / "iso_atoms.xyz", iso)
+    cost = {"mlip": (2.0, 3.0), "mace": (5.0, 6.0)}  # fixed and per-epoch CPU seconds
+    calls = []
+
+    def fake_trainer(name):
+        def train(s, meta, seed, epochs, run_dir, threads, nice, stage_two=None):
+            cp.new_run_dir(run_dir)
+            calls.append((name, epochs, stage_two))
+            rows = [{"epoch": e, "valid_E": 10.0 / e, "valid_F": 100.0 / e, "seconds": cost[name][1], "lr": 0.01,
+                     "stage": 1} for e in range(1, epochs + 1)]
+            return {"wall_s": 1.0, "cpu_s": cost[name][0] + cost[name][1] * epochs, "rows": rows, "model": name}
+        return train
+
+    def fake_predict(name, tests):
+        shift = {"mlip": 0.001, "mace": 0.002}[name]  # eV per atom and eV/A
+        preds = {}
+        for t, path in tests.items():
+            ref = cp.read_references(path)
+            preds[t] = {"energy": ref["energy"] + shift * ref["natoms"], "forces": ref["forces"] + shift}
+        return {"params": 7, "tests": preds}
+
+    monkeypatch.setattr(cp, "train_mlip", fake_trainer("mlip"))
+    monkeypatch.setitem(cp.TRAINERS, "mace", fake_trainer("mace"))
+    monkeypatch.setattr(cp, "predict_mlip", lambda model, tests, out, threads: fake_predict("mlip", tests))
+    monkeypatch.setattr(cp, "predict_peer", lambda peer, model, tests, out, threads: fake_predict("mace", tests))
+    work = tmp_path / "work"
+    assert cp.main(["--equal-time", "0.5", "--n-train", "6", "--n-valid", "3", "--work", str(work),
+                    "--data-root", str(root), "--batch-size", "3"]) == 0
+    # calibration runs of 1 and 3 epochs without stage two, then 30 s / 3 s and 30 s / 6 s epochs
+    assert calls[:4] == [("mlip", 1, False), ("mlip", 3, False), ("mace", 1, False), ("mace", 3, False)]
+    assert calls[4:] == [("mlip", 10, None), ("mace", 5, None)]
+    summary = json.loads((work / "results" / "summary.json").read_text())
+    assert summary["epochs"] == {"mlip": 10, "mace": 5}
+    assert summary["calibration"]["mace"]["cpu_per_epoch_s"] == pytest.approx(6.0)
+    final = {r["program"]: r for r in summary["results"]}
+    assert final["mlip"]["tests"]["test_300K"]["energy_rmse_meV_atom"] == pytest.approx(1.0)
+    assert final["mace"]["tests"]["test_600K"]["forces_rmse_meV_A"] == pytest.approx(2.0)
+    lines = (work / "results" / "epochs.csv").read_text().splitlines()
+    assert len(lines) == 1 + 10 and lines[-1].split(",")[4] == "nan"  # mace stopped at epoch 5
+    assert (work / "results" / "valid_forces.png").exists()
+    out = capsys.readouterr().out
+    assert "equal CPU budget 0.5 min" in out and "mace valid F" in out
+    # a rerun may reuse one program's finished run; training again into an existing folder is refused
+    again = ["--epochs", "2", "--n-train", "6", "--n-valid", "3", "--work", str(work), "--data-root", str(root),
+             "--batch-size", "3", "--programs", "peer"]
+    with pytest.raises(SystemExit, match="exists"):
+        cp.main(again)
+    import shutil
+
+    shutil.rmtree(work / "mace_seed1")
+    calls.clear()
+    assert cp.main(again) == 0 and calls == [("mace", 2, None)]
+    summary = json.loads((work / "results" / "summary.json").read_text())
+    assert [r["epochs"] for r in summary["results"]] == [10, 2]  # mlip's run reused as it was
