@@ -17,6 +17,9 @@ TYPE_NAMES = ["Si", "C"]
 TINY_CONFIG = dict(architecture="nequip", r_max=3.5, num_layers=2, channels=4, l_max=1, num_bessel=4,
                    radial_hidden=8, readout_hidden=4, avg_num_neighbors=8.0,
                    atomic_energy_scales=[0.7, 1.3], atomic_energy_shifts=[-160.0, -5.5])
+TINY_MACE_CONFIG = dict(architecture="mace", r_max=3.5, num_interactions=2, channels=4, max_L=1, l_max=2,
+                        correlation=2, num_bessel=4, radial_hidden=8, readout_hidden=4, avg_num_neighbors=8.0,
+                        atomic_energy_scales=[0.7, 1.3], atomic_energy_shifts=[-160.0, -5.5])
 
 
 def make_checkpoint(path, dtype="float64", seed=0, type_names=TYPE_NAMES, config=None, ema_seed=None):
@@ -199,6 +202,71 @@ def lammps_outputs(out):
     assert tuple(v.shape) == (1, 3, 3)
     return {"energy": float(ae.sum()), "eatom": ae[:, 0].numpy(), "forces": out["forces"].numpy(),
             "virial": np.array([v[0, 0, 0], v[0, 1, 1], v[0, 2, 2], v[0, 0, 1], v[0, 0, 2], v[0, 1, 2]])}
+
+
+# ---------------------------------------------------------------------------------------------
+# LAMMPS emulation: what pair_nequip_allegro.cpp (pair_style allegro, newton on) gives each rank
+
+
+def allegro_rank_inputs(atoms, cutoff, grid, model_type_names, skin=1.0, seed=0):
+    """Split a periodic ``atoms`` over ``grid`` = (px, py, pz) MPI ranks as LAMMPS does and build
+    each rank's model input as PairNequIPAllegro<false>::preprocess does.
+
+    LAMMPS side: the box (LAMMPS' lower-triangular frame) is cut into equal slabs of fractional
+    coordinates; a rank owns the atoms inside its part; its ghosts are all periodic images
+    (images of its own atoms included) within ``cutoff + skin`` of its part, counted in
+    fractional coordinates over the face-to-face widths as LAMMPS' ghost cutoff is. Plugin side:
+    nodes are local atoms (first) and ghosts (in a random order), ``pos`` explicit, edges from
+    each local atom to every node within ``cutoff`` (r^2 <= cutoff^2), no cell, no shifts.
+
+    Returns a list of ``(inputs, owner, nlocal)`` per rank (``owner[k]``: the atom of ``atoms``
+    that node k is an image of), and the rotation Q (x_lammps = x @ Q).
+    """
+    rng = np.random.default_rng(seed)
+    lower, x_wrapped, q = lammps_frame(atoms)
+    inv = np.linalg.inv(lower)
+    frac = x_wrapped @ inv
+    widths = 1.0 / np.linalg.norm(inv, axis=0)
+    margin = (cutoff + skin) / widths
+    reach = [int(math.ceil(m)) + 1 for m in margin]
+    types = np.array([model_type_names.index(sym) for sym in atoms.get_chemical_symbols()])
+    ranks = []
+    for g in itertools.product(*[range(k) for k in grid]):
+        lo = np.array(g, dtype=float) / grid
+        hi = (np.array(g, dtype=float) + 1) / grid
+        local = np.flatnonzero(np.all((frac >= lo) & (frac < hi), axis=1))
+        ghost_frac, ghost_owner = [], []
+        for s in itertools.product(*[range(-k, k + 1) for k in reach]):
+            f = frac + np.asarray(s, dtype=float)
+            keep = np.all((f >= lo - margin) & (f < hi + margin), axis=1)
+            if s == (0, 0, 0):
+                keep[local] = False
+            ghost_frac.append(f[keep])
+            ghost_owner.append(np.flatnonzero(keep))
+        ghost_frac, ghost_owner = np.concatenate(ghost_frac), np.concatenate(ghost_owner)
+        shuffle = rng.permutation(len(ghost_owner))
+        owner = np.concatenate([local, ghost_owner[shuffle]])
+        x = np.concatenate([frac[local], ghost_frac[shuffle]]) @ lower
+        edges = []
+        for i in range(len(local)):
+            d2 = ((x - x[i]) ** 2).sum(axis=1)
+            edges += [(i, int(j)) for j in np.flatnonzero(d2 <= cutoff * cutoff) if j != i]
+        inputs = {"pos": torch.tensor(x, dtype=torch.float64), "atom_types": torch.tensor(types[owner]),
+                  "edge_index": torch.tensor(np.array(edges, dtype=np.int64).reshape(-1, 2).T.copy())}
+        ranks.append((inputs, owner, len(local)))
+    return ranks, q
+
+
+def allegro_reduce(outputs, ranks, num_atoms):
+    """What LAMMPS makes of the ranks' outputs: the sum of local atomic energies, forces on every
+    node added to its owner (reverse communication), the virials summed."""
+    energy, virial = 0.0, np.zeros((3, 3))
+    forces = np.zeros((num_atoms, 3))
+    for out, (_, owner, nlocal) in zip(outputs, ranks):
+        energy += float(out["atomic_energy"][:nlocal].sum())
+        np.add.at(forces, owner, out["forces"].numpy())
+        virial += out["virial"][0].numpy()
+    return energy, forces, virial
 
 
 def test_emulated_edges_match_mlip_neighbour_list():

@@ -32,7 +32,8 @@ def files(tmp_path_factory):
 
 
 def _meta(path):
-    keys = ("r_max", "type_names", "num_types", "allow_tf32", "mlip_version", "model_dtype", "config", "units")
+    keys = ("r_max", "type_names", "num_types", "allow_tf32", "mlip_version", "model_dtype", "config", "units",
+            "model_r_max", "num_message_layers")
     extra = {k: "" for k in keys}
     torch.jit.load(path, _extra_files=extra)
     return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in extra.items()}
@@ -42,7 +43,10 @@ def test_metadata(files):
     import mlip
 
     m = _meta(files["x64"])
-    assert float(m["r_max"]) == TINY_CONFIG["r_max"]
+    # LAMMPS' neighbour and ghost cutoff is the interaction range: layers x the network's cutoff
+    assert float(m["model_r_max"]) == TINY_CONFIG["r_max"]
+    assert int(m["num_message_layers"]) == TINY_CONFIG["num_layers"] > 1
+    assert float(m["r_max"]) == TINY_CONFIG["num_layers"] * TINY_CONFIG["r_max"]
     assert m["type_names"] == "Si C" and m["num_types"] == "2"
     assert m["allow_tf32"] == "0" and _meta(files["x32"])["allow_tf32"] == "1"
     assert m["model_dtype"] == "float64" and _meta(files["x32"])["model_dtype"] == "float32"
@@ -202,6 +206,7 @@ class _RecordingEnergyModel(torch.nn.Module):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.ones((), dtype=dtype))
         self.seen = {}
+        self.num_message_layers = 1
 
     def forward(self, data):
         from mlip.data import keys as K

@@ -13,8 +13,10 @@ What they check, with a float64 model of two species on small periodic triclinic
   structure rotated into its lower-triangular frame, so forces and stress are rotated back;
 * ``fix nve``: total energy is conserved over a short run with neighbour-list rebuilds, and the
   last step's energy and forces agree with the calculator on the positions LAMMPS dumped;
-* ``pair_style allegro`` (newton on) with the same model stops with a non-zero status and the
-  model's message about 'cell'/'edge_cell_shift';
+* ``pair_style allegro`` (newton on, domain decomposition) on 1, 2 and 4 MPI ranks, NequIP and
+  MACE models of two layers, 4096 atoms: the same energy, per-atom energies, forces and virial
+  as the calculator on the whole cell; NVE conserves energy, and 4 ranks follow 1 rank's
+  trajectory; newton off is refused by the plugin;
 * ``mpirun -np 2`` with ``pair_style nequip`` stops with the plugin's single-rank message.
 """
 import os
@@ -24,7 +26,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from test_deploy_common import make_checkpoint, triclinic
+from test_deploy_common import TINY_MACE_CONFIG, make_checkpoint, triclinic
 
 pytestmark = pytest.mark.lammps
 
@@ -273,24 +275,143 @@ run             0
                                atol=RTOL * np.abs(f_ref).max())
 
 
-def test_allegro_pair_style_is_refused(model64, tmp_path):
+@pytest.fixture(scope="module")
+def mace64(tmp_path_factory):
+    from mlip.cli import main
+
+    d = tmp_path_factory.mktemp("lmpmace")
+    ckpt = make_checkpoint(d / "mace.pth", dtype="float64", seed=2, config=TINY_MACE_CONFIG)
+    out = str(d / "mace64.nequip.pth")
+    assert main(["export", ckpt, "-o", out, "--dtype", "float64"]) == 0
+    return out
+
+
+def _mpirun():
+    mpirun = os.environ.get("MLIP_MPIRUN") or shutil.which("mpirun")
+    if not mpirun:
+        pytest.skip("no mpirun (set MLIP_MPIRUN)")
+    return mpirun
+
+
+def _big_crystal(seed=0, repeat=8):
+    """A few thousand atoms: rattled Si/C diamond, 8x8x8 cubic cells (4096 atoms)."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(seed)
+    atoms = bulk("Si", "diamond", a=4.9, cubic=True).repeat((repeat,) * 3)
+    symbols = np.array(atoms.get_chemical_symbols())
+    symbols[rng.permutation(len(atoms))[: len(atoms) // 3]] = "C"
+    atoms.set_chemical_symbols(symbols.tolist())
+    atoms.positions += rng.normal(scale=0.1, size=atoms.positions.shape)
+    return atoms
+
+
+def _allegro_script(model, run):
+    return _header("on") + f"""pair_style      allegro
+pair_coeff      * * {model} {' '.join(SPECORDER)}
+neighbor        0.5 bin
+neigh_modify    every 1 delay 0 check yes
+compute         pe all pe/atom
+compute         pvir all pressure NULL virial
+thermo_style    custom step pe ke etotal c_pvir[1] c_pvir[2] c_pvir[3] c_pvir[4] c_pvir[5] c_pvir[6] vol
+thermo_modify   format float %.17g
+{run}
+"""
+
+
+@pytest.fixture(scope="module")
+def allegro_reference(tmp_path_factory, model64, mace64):
+    """The 4096-atom crystal and the calculator's answers for both models."""
+    from mlip import MLIPCalculator
+
+    atoms = _big_crystal()
+    refs = {}
+    for name, model in (("nequip", model64), ("mace", mace64)):
+        a = atoms.copy()
+        a.calc = MLIPCalculator(model)
+        refs[name] = {"energy": a.get_potential_energy(), "forces": a.get_forces(),
+                      "energies": a.get_potential_energies(), "stress": a.get_stress(voigt=False)}
+    return atoms, refs
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+@pytest.mark.parametrize("kind", ["nequip", "mace"])
+def test_allegro_ranks_match_calculator(model64, mace64, allegro_reference, tmp_path, kind, ranks):
+    """pair_style allegro on 1, 2 and 4 MPI ranks: energy, per-atom energies, forces and virial of
+    4096 atoms equal the calculator's (one whole cell) to ~1e-10 relative."""
+    atoms, refs = allegro_reference
+    ref = refs[kind]
+    model = model64 if kind == "nequip" else mace64
+    _write_data(atoms, tmp_path / "structure.data")
+    script = _allegro_script(model, "dump            d all custom 1 forces.dump id type x y z fx fy fz c_pe\n"
+                                    "dump_modify     d format float %.17g sort id\n"
+                                    "run             0\n" + _result_line(""))
+    rc, out = _run_lmp(str(tmp_path), script, prefix=(_mpirun(), "-np", str(ranks), "--oversubscribe"))
+    assert rc == 0, out[-3000:]
+    assert f"on {ranks} procs" in out, out[-3000:]
+    res = _results(out)
+    lower = _read_box(tmp_path / "structure.data")
+    q = _rotation(atoms, lower)
+    _, dump = _read_dump(tmp_path / "forces.dump")
+    scale_e, scale_f, scale_s = abs(ref["energy"]), np.abs(ref["forces"]).max(), np.abs(ref["stress"]).max()
+    assert scale_f > 1e-3 and scale_s > 1e-6
+    assert abs(res["pe"] - ref["energy"]) <= RTOL * scale_e, (res["pe"], ref["energy"])
+    np.testing.assert_allclose(dump["c_pe"], ref["energies"], rtol=0, atol=RTOL * scale_e)
+    f_lmp = np.stack([dump["fx"], dump["fy"], dump["fz"]], axis=1)
+    np.testing.assert_allclose(f_lmp @ q.T, ref["forces"], rtol=0, atol=RTOL * scale_f)
+    p = np.array([[res["pxx"], res["pxy"], res["pxz"]], [res["pxy"], res["pyy"], res["pyz"]],
+                  [res["pxz"], res["pyz"], res["pzz"]]]) / NKTV2P_METAL
+    np.testing.assert_allclose(q @ (-p) @ q.T, ref["stress"], rtol=0, atol=RTOL * scale_s)
+
+
+def test_allegro_nve_is_the_same_on_one_and_four_ranks(model64, tmp_path):
+    """NVE under pair_style allegro: energy is conserved, and 4 ranks follow 1 rank's trajectory
+    (same thermo to ~1e-9 relative after 100 steps with neighbour-list rebuilds)."""
+    atoms = _big_crystal(seed=1, repeat=6)
+    steps = 100
+    runs = {}
+    for ranks in (1, 4):
+        work = tmp_path / f"np{ranks}"
+        work.mkdir()
+        _write_data(atoms, work / "structure.data")
+        script = _allegro_script(model64, f"""velocity        all create 900.0 4928459 mom yes rot no dist gaussian loop geom
+timestep        0.001
+fix             nve all nve
+thermo          1
+run             {steps}
+""")
+        rc, out = _run_lmp(str(work), script, prefix=(_mpirun(), "-np", str(ranks), "--oversubscribe"))
+        assert rc == 0, out[-3000:]
+        rows = [list(map(float, line.split())) for line in out.splitlines()
+                if len(line.split()) == 11 and line.split()[0].isdigit()]
+        assert len(rows) >= steps + 1
+        rebuilds = [int(line.split("=")[1]) for line in out.splitlines() if "Neighbor list builds" in line]
+        assert rebuilds and rebuilds[-1] > 0, rebuilds
+        runs[ranks] = np.array(rows[-(steps + 1):])
+    one, four = runs[1], runs[4]
+    ke0 = one[0, 2]
+    assert ke0 > 1.0
+    # total energy conserved (velocity Verlet, 1 fs)
+    assert np.abs(one[:, 3] - one[0, 3]).max() < 1e-3 * ke0
+    # the same trajectory on 4 ranks: pe, ke, etotal, virial
+    np.testing.assert_allclose(four[:, 1:4], one[:, 1:4], rtol=1e-9, atol=0)
+
+
+def test_allegro_pair_style_needs_newton_on(model64, tmp_path):
     atoms = _structure("triclinic")
     _write_data(atoms, tmp_path / "structure.data")
-    script = _header("on") + f"""pair_style      allegro
+    script = _header("off") + f"""pair_style      allegro
 pair_coeff      * * {model64} {' '.join(SPECORDER)}
 run             0
 print           "RESULT reached 1"
 """
     rc, out = _run_lmp(str(tmp_path), script)
-    assert rc != 0, out[-3000:]
-    assert "RESULT reached" not in out
-    assert "cell" in out and "edge_cell_shift" in out and "pair_style nequip" in out, out[-3000:]
+    assert rc != 0 and "RESULT reached" not in out
+    assert "Pair style allegro requires newton pair on" in out, out[-3000:]
 
 
 def test_nequip_refuses_two_mpi_ranks(model64, tmp_path):
-    mpirun = os.environ.get("MLIP_MPIRUN") or shutil.which("mpirun")
-    if not mpirun:
-        pytest.skip("no mpirun (set MLIP_MPIRUN)")
+    mpirun = _mpirun()
     atoms = _structure("triclinic")
     _write_data(atoms, tmp_path / "structure.data")
     script = _nequip_script(model64, "run             0\nprint           \"RESULT reached 1\"\n")

@@ -74,7 +74,7 @@ def load_any(spec: ModelSpec, device: str = "cpu", dtype: Optional[str] = None, 
         model_dtype = _param_dtype(potential)
         if dtype is not None and dtype != model_dtype:
             raise InputError(f"the model object is {model_dtype}; rebuild it to use {dtype}")
-        wrapper = LammpsModel(potential, getattr(torch, model_dtype)).to(device).eval()
+        wrapper = LammpsModel(potential, getattr(torch, model_dtype), trusted_inputs=True).to(device).eval()
         return LoadedModel(torch.jit.script(wrapper) if script else wrapper, potential.r_max,
                            potential.type_names, model_dtype, "<model object>", outputs=potential.output_fields)
     path = os.fspath(spec)
@@ -103,7 +103,7 @@ def load_any(spec: ModelSpec, device: str = "cpu", dtype: Optional[str] = None, 
     potential.eval()
     for p in potential.parameters():
         p.requires_grad_(False)
-    wrapper = LammpsModel(potential, getattr(torch, model_dtype)).to(device).eval()
+    wrapper = LammpsModel(potential, getattr(torch, model_dtype), trusted_inputs=True).to(device).eval()
     module = torch.jit.script(wrapper) if script else wrapper
     meta = {"config": dict(record["config"]), "model_dtype": model_dtype, "r_max": potential.r_max,
             "type_names": list(record["type_names"])}

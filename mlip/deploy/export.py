@@ -66,20 +66,22 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from mlip.checkpoint import is_torchscript_file  # noqa: F401  (re-exported for the calculator)
 from mlip.data import keys as K
+from mlip.deploy.domain import domain_graph
 from mlip.nn.potential import Potential
 
 EXTENSION = ".nequip.pth"
 EXPORT_FORMAT = "mlip-lammps-1"
 # the keys the plugin reads; a missing key reads as ""
 PLUGIN_METADATA_KEYS = ("r_max", "per_edge_type_cutoff", "type_names", "num_types", "allow_tf32")
-MLIP_METADATA_KEYS = ("mlip_version", "model_dtype", "config", "units", "format")
+MLIP_METADATA_KEYS = ("mlip_version", "model_dtype", "config", "units", "format", "model_r_max",
+                      "num_message_layers")
 METADATA_KEYS = PLUGIN_METADATA_KEYS + MLIP_METADATA_KEYS
 
 
@@ -99,34 +101,49 @@ class LammpsModel(nn.Module):
     charges sum to.
     """
 
-    def __init__(self, potential: Potential, model_dtype: torch.dtype):
+    def __init__(self, potential: Potential, model_dtype: torch.dtype, trusted_inputs: bool = False):
         super().__init__()
+        # True only where mlip builds the inputs itself (the ASE calculator: cutoff-exact edges,
+        # positions checked): no input checks and no cutoff filter, so that the call traces into
+        # one graph of fixed control flow (compile=True). Exported files always check
+        self.trusted_inputs = trusted_inputs
         self.potential = potential
         # the dtype the network computes in, as a buffer so TorchScript (and freezing) see it
         self.register_buffer("dtype_probe", torch.zeros(0, dtype=model_dtype))
         # inputs the registry declares optional, passed on when given: the opposite-edge pairing
         # (edge_pair, pair_edge) comes from the ASE calculator, never from LAMMPS
         self.optional_fields: List[str] = [name for name, field in K.FIELDS.items() if field.optional]
+        self.type_names: List[str] = list(potential.type_names)
+        self.r_max = float(potential.r_max)
+        self.num_message_layers = int(potential.num_message_layers)
 
     def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The plugin's inputs (Angstrom, float64) -> its outputs (eV, eV/A; see the module docstring)."""
         f64 = torch.float64
+        if not self.trusted_inputs:
+            check_inputs(data, self.type_names)
         # detached: only these positions and the strain are differentiated, whatever the caller holds
         pos = data[K.POSITIONS].to(f64).detach()
         n = pos.shape[0]
         device = pos.device
-        edge_index = data[K.EDGE_INDEX]
-        # pair_style nequip always gives both (a zero cell for a molecule). Without them the
-        # caller is pair_style allegro (ghost atoms as nodes, edges of local atoms only), whose
-        # inputs a message-passing model cannot compute exactly: refuse rather than guess
-        if K.CELL not in data or K.EDGE_CELL_SHIFT not in data:
-            raise RuntimeError("mlip model: the input has no 'cell' or 'edge_cell_shift'; this model runs "
-                               "under LAMMPS pair_style nequip (newton off, one MPI rank) or mlip's ASE "
-                               "calculator, not pair_style allegro, whose inputs it cannot compute exactly")
-        cell = data[K.CELL].to(f64).view(1, 3, 3)
-        shifts = data[K.EDGE_CELL_SHIFT].to(f64)
-        # the plugin gives no batch, num_atoms or pbc: one structure; no model reads pbc (the
-        # shifts and the cell carry the periodicity), so it says periodic in every direction
+        edge_index = data[K.EDGE_INDEX].to(torch.long)
+        counted: Optional[torch.Tensor] = None
+        if K.CELL in data:
+            # pair_style nequip or the ASE calculator: one whole structure, images by cell shifts.
+            # The plugin's edges reach the interaction range (the metadata r_max): keep the model's
+            cell = data[K.CELL].to(f64).view(1, 3, 3)
+            shifts = data[K.EDGE_CELL_SHIFT].to(f64)
+            if not self.trusted_inputs:
+                edge_index, shifts = edges_within(pos, cell[0], edge_index, shifts, self.r_max)
+            pbc = torch.ones(1, 3, dtype=torch.bool, device=device)
+        else:
+            # pair_style allegro: one MPI rank's local and ghost atoms (mlip.deploy.domain)
+            edge_index, counted = domain_graph(pos, edge_index, self.r_max, self.num_message_layers)
+            cell = torch.zeros(1, 3, 3, dtype=f64, device=device)
+            shifts = torch.zeros(edge_index.shape[1], 3, dtype=f64, device=device)
+            pbc = torch.zeros(1, 3, dtype=torch.bool, device=device)
+        # the plugin gives no batch or num_atoms: one structure; no model reads pbc (the shifts
+        # and the cell carry the periodicity)
         graph: Dict[str, torch.Tensor] = {
             K.POSITIONS: pos,
             K.ATOM_TYPES: data[K.ATOM_TYPES].to(torch.long).view(-1),
@@ -135,31 +152,107 @@ class LammpsModel(nn.Module):
             K.CELL: cell,
             K.BATCH: torch.zeros(n, dtype=torch.long, device=device),
             K.NUM_ATOMS: torch.full([1], n, dtype=torch.long, device=device),
-            K.PBC: torch.ones(1, 3, dtype=torch.bool, device=device),
+            K.PBC: pbc,
         }
-        for name in self.optional_fields:
-            if name in data:
-                value = data[name]
-                # as the declared inputs: floating values in float64 (the geometry's precision),
-                # integer values (indices) as int64
-                graph[name] = value.to(f64) if value.is_floating_point() else value.to(torch.long)
+        if counted is None:
+            for name in self.optional_fields:
+                if name in data:
+                    value = data[name]
+                    # as the declared inputs: floating values in float64 (the geometry's precision),
+                    # integer values (indices) as int64
+                    graph[name] = value.to(f64) if value.is_floating_point() else value.to(torch.long)
         out = self.potential.energy_and_derivatives(graph, compute_forces=True, compute_virial=True,
-                                                    create_graph=False, network_dtype=self.dtype_probe.dtype)
+                                                    create_graph=False, network_dtype=self.dtype_probe.dtype,
+                                                    counted_atoms=counted)
         result = {
             K.ATOMIC_ENERGY: out[K.ATOMIC_ENERGY].to(f64).view(n, 1).detach(),
             K.TOTAL_ENERGY: out[K.TOTAL_ENERGY].to(f64).view(1, 1).detach(),
             K.FORCES: out[K.FORCES].detach(),
             K.VIRIAL: out[K.VIRIAL].detach(),
         }
-        # extra outputs of a model with output heads (charges, dipole, polarizability, generic
-        # outputs), float64; the LAMMPS plugin reads none of them
-        for name in self.potential.output_fields:
-            result[name] = out[name].to(f64).detach()
+        if counted is None:
+            # extra outputs of a model with output heads (charges, dipole, polarizability, generic
+            # outputs), float64; the LAMMPS plugin reads none of them. A rank of a domain
+            # decomposition holds only part of a structure: no whole-structure outputs there
+            for name in self.potential.output_fields:
+                result[name] = out[name].to(f64).detach()
         return result
 
 
-def make_metadata(record: Mapping[str, Any], dtype: str, allow_tf32: bool = False) -> Dict[str, str]:
-    """The ``_extra_files`` strings of an exported model (see the module docstring)."""
+def edges_within(pos: torch.Tensor, cell: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor,
+                 r_max: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The edges (and their cell shifts) of length <= ``r_max`` (Angstrom), in their order.
+
+    The plugin's neighbour list reaches the metadata ``r_max``, the interaction range
+    ``num_layers * r_max`` of a message-passing model (so that ``pair_style allegro`` gets its
+    ghost shell); the network's own graph is the part within its cutoff. A no-op for the ASE
+    calculator's inputs, which are built with the cutoff.
+    """
+    vectors = pos.index_select(0, edge_index[1]) - pos.index_select(0, edge_index[0]) + shifts @ cell
+    keep = (vectors * vectors).sum(-1) <= r_max * r_max
+    if bool(keep.all()):
+        return edge_index, shifts
+    return edge_index[:, keep], shifts[keep]
+
+
+def check_inputs(data: Dict[str, torch.Tensor], type_names: List[str]) -> None:
+    """Raise a one-line RuntimeError (LAMMPS stops with it) unless ``data`` is an input this
+    model computes exactly: positions [N, 3] finite, atom types [N] in the model's range, edge
+    indices [2, E] of existing atoms, and ``cell`` [1, 3, 3] with ``edge_cell_shift`` [E, 3]
+    together (pair_style nequip, the ASE calculator) or neither (pair_style allegro)."""
+    prefix = "mlip model: "
+    for key in [K.POSITIONS, K.ATOM_TYPES, K.EDGE_INDEX]:
+        if key not in data:
+            raise RuntimeError(prefix + "the input has no '" + key + "' (inputs of LAMMPS pair_style nequip or "
+                               "allegro, or of mlip's ASE calculator, expected)")
+    pos = data[K.POSITIONS]
+    if pos.dim() != 2 or pos.shape[1] != 3 or not pos.is_floating_point():
+        raise RuntimeError(prefix + "'pos' must be a floating [N, 3] tensor (Angstrom), got shape "
+                           + str(pos.shape) + " " + str(pos.dtype))
+    n = pos.shape[0]
+    finite = torch.isfinite(pos).all(-1)
+    if not bool(finite.all()):
+        atom = int(torch.nonzero(~finite)[0, 0])
+        raise RuntimeError(prefix + "the position of atom " + str(atom) + " (counted from 0) is NaN or inf; "
+                           "the simulation has blown up or the input is broken")
+    types = data[K.ATOM_TYPES]
+    if types.is_floating_point() or types.numel() != n:
+        raise RuntimeError(prefix + "'atom_types' must hold one integer per atom (" + str(n) + "), got shape "
+                           + str(types.shape) + " " + str(types.dtype))
+    if n > 0:
+        low, high = int(types.min()), int(types.max())
+        if low < 0 or high >= len(type_names):
+            bad = low if low < 0 else high
+            raise RuntimeError(prefix + "atom type " + str(bad) + " is not one of the model's types 0.."
+                               + str(len(type_names) - 1) + " (" + " ".join(type_names) + "); in LAMMPS, "
+                               "pair_coeff * * MODEL must name one of these elements for every atom type")
+    edges = data[K.EDGE_INDEX]
+    if edges.dim() != 2 or edges.shape[0] != 2 or edges.is_floating_point():
+        raise RuntimeError(prefix + "'edge_index' must be an integer [2, E] tensor, got shape " + str(edges.shape)
+                           + " " + str(edges.dtype))
+    if edges.shape[1] > 0 and (int(edges.min()) < 0 or int(edges.max()) >= n):
+        raise RuntimeError(prefix + "'edge_index' names atoms outside 0.." + str(n - 1))
+    has_cell, has_shifts = K.CELL in data, K.EDGE_CELL_SHIFT in data
+    if has_cell != has_shifts:
+        raise RuntimeError(prefix + "'cell' and 'edge_cell_shift' come together (pair_style nequip, the ASE "
+                           "calculator) or not at all (pair_style allegro); got only one of them")
+    if has_cell:
+        if data[K.CELL].numel() != 9:
+            raise RuntimeError(prefix + "'cell' must be [1, 3, 3] (Angstrom), got shape " + str(data[K.CELL].shape))
+        shifts = data[K.EDGE_CELL_SHIFT]
+        if shifts.dim() != 2 or shifts.shape[0] != edges.shape[1] or shifts.shape[1] != 3:
+            raise RuntimeError(prefix + "'edge_cell_shift' must be [E, 3] with E = " + str(edges.shape[1])
+                               + " edges, got shape " + str(shifts.shape))
+
+
+def make_metadata(record: Mapping[str, Any], dtype: str, allow_tf32: bool = False,
+                  num_message_layers: int = 1) -> Dict[str, str]:
+    """The ``_extra_files`` strings of an exported model (see the module docstring).
+
+    ``r_max``, the plugin's neighbour-list and ghost cutoff, is the interaction range
+    ``num_message_layers * model r_max`` (what pair_style allegro's ghost shell must cover,
+    :mod:`mlip.deploy.domain`); the network's own cutoff is ``model_r_max``.
+    """
     from mlip import __version__
 
     config = dict(record["config"])
@@ -167,8 +260,11 @@ def make_metadata(record: Mapping[str, Any], dtype: str, allow_tf32: bool = Fals
     for name in type_names:
         if not name or any(c.isspace() for c in name):
             raise ValueError(f"type name {name!r} cannot be written space-separated")
+    r_max = float(config.get("r_max", 5.0))
     return {
-        "r_max": repr(float(config.get("r_max", 5.0))),
+        "r_max": repr(num_message_layers * r_max),
+        "model_r_max": repr(r_max),
+        "num_message_layers": str(int(num_message_layers)),
         "type_names": " ".join(type_names),
         "num_types": str(len(type_names)),
         "allow_tf32": "1" if allow_tf32 else "0",
@@ -226,7 +322,7 @@ def export_model(checkpoint: str, output: str, dtype: Optional[str] = None, use_
                          checkpoint) from None
     potential.eval()
     scripted = script_model(potential)
-    metadata = make_metadata(record, dtype, allow_tf32)
+    metadata = make_metadata(record, dtype, allow_tf32, potential.num_message_layers)
     save_scripted(scripted, output, metadata)
     return metadata
 
@@ -279,7 +375,10 @@ def parse_metadata(extra: Mapping[str, str]) -> Dict[str, Any]:
             config = {}
     type_names: List[str] = extra.get("type_names", "").split()
     return {
-        "r_max": float(extra["r_max"]),
+        # the network's cutoff (files exported before model_r_max existed have only the plugin's r_max, which was it)
+        "r_max": float(extra.get("model_r_max") or extra["r_max"]),
+        "lammps_cutoff": float(extra["r_max"]),
+        "num_message_layers": int(extra.get("num_message_layers") or 1),
         "type_names": type_names,
         "num_types": int(float(extra["num_types"])) if extra.get("num_types") else len(type_names),
         "allow_tf32": extra.get("allow_tf32", "") == "1",

@@ -1,7 +1,9 @@
 """``mlip export CHECKPOINT -o NAME.nequip.pth``: a standalone TorchScript model for LAMMPS and ASE.
 
-The file follows the LAMMPS ``pair_style nequip`` contract (see :mod:`mlip.deploy.export`) and
-loads with plain ``torch.jit.load``; mlip is not needed to run it.
+The file follows the contracts of LAMMPS ``pair_style nequip`` (one MPI rank) and
+``pair_style allegro`` (domain decomposition over any number of ranks; see
+:mod:`mlip.deploy.export` and :mod:`mlip.deploy.domain`) and loads with plain
+``torch.jit.load``; mlip is not needed to run it.
 """
 import argparse
 
@@ -26,7 +28,10 @@ def run(args) -> int:
                          "other names)", args.output)
     meta = export_model(args.checkpoint, args.output, dtype=args.dtype, use_ema=not args.no_ema,
                         allow_tf32=args.allow_tf32)
-    print(f"wrote {args.output}: {meta['model_dtype']}, r_max {meta['r_max']} A, types {meta['type_names']}")
-    print(f"LAMMPS:  units metal / newton off / pair_style nequip / "
-          f"pair_coeff * * {args.output} <one of: {meta['type_names']} per LAMMPS type>")
+    layers = int(meta["num_message_layers"])
+    print(f"wrote {args.output}: {meta['model_dtype']}, r_max {meta['model_r_max']} A, types {meta['type_names']}, "
+          f"{layers} message-passing layer{'s' if layers > 1 else ''} (LAMMPS neighbour and ghost cutoff "
+          f"{meta['r_max']} A)")
+    print(f"LAMMPS:  units metal / one MPI rank: newton off, pair_style nequip / any number of ranks: newton on, "
+          f"pair_style allegro / pair_coeff * * {args.output} <one of: {meta['type_names']} per LAMMPS type>")
     return 0

@@ -141,6 +141,7 @@ class MACEModel(nn.Module):
         if not 0 <= max_L <= l_max:
             raise ValueError(f"max_L must be between 0 and l_max={l_max}, got {max_L}")
         self.r_max = float(r_max)
+        self.num_message_layers = num_interactions  # receptive field: num_interactions * r_max
         self.embedding = SpeciesEmbedding(num_types, channels)
         self.edges = EdgeEmbedding(r_max, num_bessel, cutoff_p, l_max)
         irreps_sh = sh_irreps(l_max, parity)

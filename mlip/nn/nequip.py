@@ -57,6 +57,7 @@ class NequIPModel(nn.Module):
         if self_connection not in ("species", "embedding"):
             raise ValueError(f"self_connection must be 'species' or 'embedding', got '{self_connection}'")
         self.r_max = float(r_max)
+        self.num_message_layers = num_layers  # receptive field: num_layers * r_max
         self.embedding = SpeciesEmbedding(num_types, channels)
         self.edges = EdgeEmbedding(r_max, num_bessel, cutoff_p, l_max)
         irreps_sh = sh_irreps(l_max, parity)

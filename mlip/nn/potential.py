@@ -62,7 +62,8 @@ def forces_and_virial(total_energy: torch.Tensor, pos: torch.Tensor, strain: Opt
 
 
 class Potential(nn.Module):
-    """Wraps an energy model (``forward(data) -> data`` writing ``atomic_energy``).
+    """Wraps an energy model (``forward(data) -> data`` writing ``atomic_energy``; its attribute
+    ``num_message_layers`` says how many cutoffs away an atom's energy reaches).
 
     :meth:`energy_and_derivatives` is the one definition of energy, forces and virial: training
     and evaluation reach it through :meth:`forward`, the exported LAMMPS model and the ASE
@@ -78,6 +79,9 @@ class Potential(nn.Module):
         self.energy_model = energy_model
         self.type_names = list(type_names)
         self.r_max = float(r_max)
+        # message-passing layers: an atom's energy depends on every atom within
+        # num_message_layers * r_max (what a domain decomposition must hold as ghost atoms)
+        self.num_message_layers = int(energy_model.num_message_layers)
         # fields that keep float64 when the network runs in another dtype: the registry's rule,
         # the one to_device applies to a batch (a list attribute, so TorchScript can read it)
         self.float64_fields: List[str] = [name for name, field in K.FIELDS.items() if field.float64]
@@ -103,8 +107,8 @@ class Potential(nn.Module):
         return data
 
     def energy_and_derivatives(self, data: Dict[str, torch.Tensor], compute_forces: bool, compute_virial: bool,
-                               create_graph: bool = False, network_dtype: Optional[torch.dtype] = None
-                               ) -> Dict[str, torch.Tensor]:
+                               create_graph: bool = False, network_dtype: Optional[torch.dtype] = None,
+                               counted_atoms: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Energies, and forces and virial by automatic differentiation, of a graph or batch.
 
         Returns a new dict: ``data`` plus ``edge_vectors``, what the energy model adds,
@@ -119,6 +123,11 @@ class Potential(nn.Module):
         :func:`mlip.data.graph.to_device` does): the exported model passes float64 geometry
         and a float32 network this way, so large coordinates lose nothing before the edge
         vectors are formed. With ``network_dtype`` None the input is used as it is (training).
+
+        ``counted_atoms`` [N] (bool, one structure only): the atoms whose energies make the total
+        that is differentiated, the others supplying positions only: one MPI rank's share of a
+        domain decomposition (:mod:`mlip.deploy.domain`), whose forces on ghost atoms are then
+        the share LAMMPS sends to their owners. None: all atoms.
         """
         data = dict(data)
         pos = data[K.POSITIONS]
@@ -135,7 +144,11 @@ class Potential(nn.Module):
                     else value for key, value in data.items()}
         data = self.energy_model(data)
         atomic_energy = data[K.ATOMIC_ENERGY]
-        if num_structures == 1:
+        if counted_atoms is not None:
+            # where, not a product: an uncounted atom's energy never enters, even if not finite
+            total = torch.where(counted_atoms.view(-1, 1), atomic_energy,
+                                torch.zeros_like(atomic_energy)).sum().view(1)
+        elif num_structures == 1:
             # a plain sum; also keeps a traced one-structure graph free of a scatter into one
             # element, which inductor's vectorised CPU code generation cannot compile (torch 2.13)
             total = atomic_energy.sum().view(1)
