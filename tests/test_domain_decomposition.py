@@ -201,3 +201,30 @@ def test_inputs_outside_the_contract_are_refused():
     for message, bad in cases.items():
         with pytest.raises((RuntimeError, torch.jit.Error), match=message):
             module(bad)
+
+
+def test_single_rank_export_refuses_pair_style_allegro(tmp_path):
+    """`mlip export --single-rank`: LAMMPS' cutoff is the network's own (no ghost shell), the
+    file runs pair_style nequip's inputs and refuses a rank's inputs with a clear message."""
+    from test_deploy_common import make_checkpoint
+
+    from mlip.cli import main
+
+    ckpt = make_checkpoint(tmp_path / "m.pth", dtype="float64", seed=5)
+    both, one = str(tmp_path / "both.nequip.pth"), str(tmp_path / "one.nequip.pth")
+    assert main(["export", ckpt, "-o", both]) == 0
+    assert main(["export", ckpt, "-o", one, "--single-rank"]) == 0
+    metadata = {}
+    for path in (both, one):
+        extra = {"r_max": "", "model_r_max": ""}
+        metadata[path] = (torch.jit.load(path, _extra_files=extra), {k: float(v) for k, v in extra.items()})
+    (module_both, meta_both), (module_one, meta_one) = metadata[both], metadata[one]
+    r = TINY_CONFIG["r_max"]
+    assert meta_one == {"r_max": r, "model_r_max": r} and meta_both == {"r_max": 2 * r, "model_r_max": r}
+    inputs, _ = lammps_emulated_inputs(triclinic(), r, ["Si", "C"], TYPE_NAMES)
+    a, b = module_one(dict(inputs)), module_both(dict(inputs))
+    torch.testing.assert_close(a["forces"], b["forces"], rtol=0, atol=0)
+    (rank, _, _), = allegro_rank_inputs(_crystal(), 2 * r, (1, 1, 1), TYPE_NAMES)[0][:1]
+    module_both(dict(rank))
+    with pytest.raises((RuntimeError, torch.jit.Error), match="exported with --single-rank"):
+        module_one(dict(rank))

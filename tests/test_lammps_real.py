@@ -16,7 +16,8 @@ What they check, with a float64 model of two species on small periodic triclinic
 * ``pair_style allegro`` (newton on, domain decomposition) on 1, 2 and 4 MPI ranks, NequIP and
   MACE models of two layers, 4096 atoms: the same energy, per-atom energies, forces and virial
   as the calculator on the whole cell; NVE conserves energy, and 4 ranks follow 1 rank's
-  trajectory; newton off is refused by the plugin;
+  trajectory; newton off is refused by the plugin, a file exported with ``--single-rank`` by
+  the model;
 * ``mpirun -np 2`` with ``pair_style nequip`` stops with the plugin's single-rank message.
 """
 import os
@@ -395,6 +396,20 @@ run             {steps}
     assert np.abs(one[:, 3] - one[0, 3]).max() < 1e-3 * ke0
     # the same trajectory on 4 ranks: pe, ke, etotal, virial
     np.testing.assert_allclose(four[:, 1:4], one[:, 1:4], rtol=1e-9, atol=0)
+
+
+def test_single_rank_file_is_refused_by_allegro(tmp_path):
+    """A file exported with --single-rank stops pair_style allegro with the model's message."""
+    from mlip.cli import main
+
+    ckpt = make_checkpoint(tmp_path / "model.pth", dtype="float64", seed=1)
+    model = str(tmp_path / "one.nequip.pth")
+    assert main(["export", ckpt, "-o", model, "--single-rank"]) == 0
+    _write_data(_structure("triclinic"), tmp_path / "structure.data")
+    script = _allegro_script(model, "run             0\nprint           \"RESULT reached 1\"\n")
+    rc, out = _run_lmp(str(tmp_path), script)
+    assert rc != 0 and "RESULT reached" not in out
+    assert "exported with --single-rank" in out, out[-3000:]
 
 
 def test_allegro_pair_style_needs_newton_on(model64, tmp_path):

@@ -16,6 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="precision of the exported network (default: the training precision)")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA weights")
+    p.add_argument("--single-rank", action="store_true",
+                   help="for LAMMPS pair_style nequip on one MPI rank only: LAMMPS' neighbour list stops at the "
+                        "network's cutoff (faster), and pair_style allegro is refused. Default: a file for both "
+                        "pair styles, any number of ranks")
     p.add_argument("--allow-tf32", action="store_true",
                    help="let LAMMPS use TF32 matmuls on Ampere+ GPUs (metadata allow_tf32=1; default 0)")
 
@@ -27,11 +31,13 @@ def run(args) -> int:
         raise InputError("the output file name must end in '.nequip.pth' (LAMMPS pair_style nequip refuses "
                          "other names)", args.output)
     meta = export_model(args.checkpoint, args.output, dtype=args.dtype, use_ema=not args.no_ema,
-                        allow_tf32=args.allow_tf32)
+                        allow_tf32=args.allow_tf32, single_rank=args.single_rank)
     layers = int(meta["num_message_layers"])
     print(f"wrote {args.output}: {meta['model_dtype']}, r_max {meta['model_r_max']} A, types {meta['type_names']}, "
           f"{layers} message-passing layer{'s' if layers > 1 else ''} (LAMMPS neighbour and ghost cutoff "
           f"{meta['r_max']} A)")
-    print(f"LAMMPS:  units metal / one MPI rank: newton off, pair_style nequip / any number of ranks: newton on, "
-          f"pair_style allegro / pair_coeff * * {args.output} <one of: {meta['type_names']} per LAMMPS type>")
+    styles = ("one MPI rank only: newton off, pair_style nequip" if args.single_rank else
+              "one MPI rank: newton off, pair_style nequip / any number of ranks: newton on, pair_style allegro")
+    print(f"LAMMPS:  units metal / {styles} / pair_coeff * * {args.output} <one of: {meta['type_names']} per LAMMPS "
+          "type>")
     return 0
