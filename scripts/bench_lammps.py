@@ -104,16 +104,18 @@ def parse(out, steps):
 
 
 def single_rank_only(path):
-    """True for an mlip file exported with --single-rank (pair_style allegro refused)."""
+    """True unless the file is an mlip TorchScript export for both pair styles (AOT files, files
+    exported with --single-rank and other programs' models run under pair_style nequip only)."""
     import torch
 
-    extra = {"r_max": "", "model_r_max": "", "num_message_layers": ""}
     if path.endswith(".pt2"):
-        return False
+        return True
+    extra = {"r_max": "", "model_r_max": "", "num_message_layers": ""}
     torch.jit.load(path, _extra_files=extra)
     extra = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in extra.items()}
-    return bool(extra["model_r_max"]) and int(extra["num_message_layers"] or 1) > 1 and \
-        float(extra["r_max"]) == float(extra["model_r_max"])
+    if not extra["model_r_max"]:
+        return True
+    return int(extra["num_message_layers"] or 1) > 1 and float(extra["r_max"]) == float(extra["model_r_max"])
 
 
 def main(argv=None):
@@ -139,7 +141,7 @@ def main(argv=None):
         for style in args.pair_styles:
             for ranks in ([1] if style == "nequip" else args.ranks):
                 if style == "allegro" and single_rank_only(path):
-                    continue  # exported with --single-rank: pair_style allegro is refused
+                    continue  # a model for pair_style nequip only
                 for threads in args.threads:
                     run_dir = os.path.join(work, f"{len(rows):02d}")
                     os.makedirs(run_dir, exist_ok=True)

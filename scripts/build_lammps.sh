@@ -5,12 +5,18 @@
 #   bash scripts/build_lammps.sh          # TorchScript models (.nequip.pth)
 #   bash scripts/build_lammps.sh --aot    # also AOTInductor models (-DNEQUIP_AOT_COMPILE=ON)
 #
+# `lmp` is linked with libmlip_ops.so (mlip's fused CPU message kernel, mlip/ops/csrc, built here
+# against the same torch): the operators mlip_cpu::contract / mlip_cpu::grads that packages from
+# `mlip export -o NAME.nequip.pt2` call are then registered in every LAMMPS process.
+#
 # Environment:
 #   MLIP_LAMMPS_BUILD   build folder (default $HOME/.cache/mlip-lammps; never inside the repo)
 #   MLIP_LAMMPS_SUITE   Debian suite whose `lammps` source package is used (default forky; the
 #                       plugin needs LAMMPS >= 10 Sep 2025, which bookworm and trixie lack)
 #   MLIP_LAMMPS_JOBS    parallel compile jobs (default 2); the compile runs under `nice -n 19`
 #   MLIP_PYTHON         python whose torch is linked (default .venv/bin/python)
+#   MLIP_OPS_CFLAGS     compiler flags of libmlip_ops.so (default "-O3 -march=native"; use
+#                       "-O3" when lmp runs on other CPUs than the one it is built on)
 #   MLIP_LAMMPS_PLUGIN  plugin sources (default ../shared/third_party/pair_nequip_allegro)
 #
 # What it does (root, or sudo, is needed for step 1 only):
@@ -74,7 +80,32 @@ report() {
     echo "  MLIP_LMP=$BUILD/lmp $PY -m pytest -m lammps tests/test_lammps_real.py"
 }
 
-if [ -f "$STAMP" ] && [ -x "$BUILD/lmp" ]; then
+# --- mlip's kernel library: rebuilt (lmp need not be) whenever its source or flags change ------
+OPS_SRC="$REPO/mlip/ops/csrc/message_cpu.cpp"
+OPS_CFLAGS="${MLIP_OPS_CFLAGS:--O3 -march=native}"
+OPS_DIR="$BUILD/mlip-ops"
+build_ops() {
+    local torch_dir hash
+    torch_dir="$("$PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+    hash="$( (cat "$OPS_SRC"; echo "$OPS_CFLAGS $TORCH_VERSION") | sha1sum | cut -c1-16)"
+    if [ -f "$OPS_DIR/libmlip_ops.so" ] && [ "$(cat "$OPS_DIR/.hash" 2>/dev/null)" = "$hash" ]; then
+        return
+    fi
+    log "building $OPS_DIR/libmlip_ops.so ($OPS_CFLAGS)"
+    mkdir -p "$OPS_DIR"
+    # shellcheck disable=SC2086
+    nice -n 19 g++ $OPS_CFLAGS -fopenmp -fPIC -shared -std=c++20 -D_GLIBCXX_USE_CXX11_ABI="$TORCH_ABI" \
+        -I"$torch_dir/include" -I"$torch_dir/include/torch/csrc/api/include" "$OPS_SRC" \
+        -o "$OPS_DIR/libmlip_ops.so.tmp" -L"$torch_dir/lib" -Wl,--no-as-needed -lc10 -ltorch_cpu \
+        -Wl,-rpath,"$torch_dir/lib" -Wl,-soname,libmlip_ops.so 2> "$OPS_DIR/build.log" \
+        || { tail -20 "$OPS_DIR/build.log" >&2; die "libmlip_ops.so failed to build (log: $OPS_DIR/build.log)"; }
+    mv "$OPS_DIR/libmlip_ops.so.tmp" "$OPS_DIR/libmlip_ops.so"
+    echo "$hash" > "$OPS_DIR/.hash"
+}
+[ -f "$OPS_SRC" ] || die "no $OPS_SRC"
+
+if [ -f "$STAMP" ] && [ -x "$BUILD/lmp" ] && grep -q "^mlip_ops:" "$STAMP"; then
+    build_ops
     log "already built for $KEY"
     ln -sfn "$BUILD/lmp" "$ROOT/lmp"
     report
@@ -162,8 +193,11 @@ fi
 LMP_VERSION="$(sed -n 's/^#define LAMMPS_VERSION "\(.*\)"/\1/p' "$SRC/src/version.h")"
 
 mkdir -p "$BUILD" "$ROOT/empty-mkl-include"
+build_ops
 cd "$BUILD"
-if [ ! -f CMakeCache.txt ] || [ ! -f Makefile ]; then
+# linked whether or not lmp uses a symbol of it (--no-as-needed): loading it registers the ops
+OPS_LINK="-Wl,--no-as-needed $OPS_DIR/libmlip_ops.so -Wl,--as-needed"
+if [ ! -f CMakeCache.txt ] || [ ! -f Makefile ] || ! grep -q "libmlip_ops.so" CMakeCache.txt; then
     log "cmake configure"
     nice -n 19 cmake "$SRC/cmake" \
         -DCMAKE_BUILD_TYPE=Release \
@@ -175,7 +209,8 @@ if [ ! -f CMakeCache.txt ] || [ ! -f Makefile ]; then
         -DBUILD_MPI=on -DBUILD_OMP=off -DBUILD_SHARED_LIBS=off \
         -DBUILD_TOOLS=off -DBUILD_LAMMPS_GUI=off -DENABLE_TESTING=off \
         -DDOWNLOAD_POTENTIALS=off -DWITH_JPEG=off -DWITH_PNG=off -DWITH_FFMPEG=off -DWITH_GZIP=off \
-        -DCMAKE_BUILD_RPATH="$TORCH_PREFIX/../../lib" \
+        -DCMAKE_BUILD_RPATH="$TORCH_PREFIX/../../lib;$OPS_DIR" \
+        -DCMAKE_EXE_LINKER_FLAGS="$OPS_LINK" \
         > cmake-configure.log 2>&1 || { tail -40 cmake-configure.log >&2; die "cmake configure failed (log: $BUILD/cmake-configure.log)"; }
     grep -E "NEQUIP_AOT_COMPILE is|C\+\+ Standard|MPI" cmake-configure.log | head -5 >&2 || true
 fi
@@ -184,6 +219,7 @@ nice -n 19 cmake --build . --target lmp -- -j"$JOBS" > make.log 2>&1 \
     || { grep -E -B2 -A8 "error|Error" make.log | head -60 >&2; die "build failed (log: $BUILD/make.log)"; }
 [ -x "$BUILD/lmp" ] || die "build finished but $BUILD/lmp is missing"
 "$BUILD/lmp" -h 2>/dev/null | grep -qi "nequip" || die "$BUILD/lmp does not list pair_style nequip"
+ldd "$BUILD/lmp" | grep -q "libmlip_ops.so => $OPS_DIR" || die "$BUILD/lmp is not linked with $OPS_DIR/libmlip_ops.so"
 
 T1=$(date +%s)
 cat > "$STAMP" <<EOF
@@ -191,6 +227,7 @@ lammps: $LMP_VERSION (Debian $LAMMPS_DEB_VERSION from $SUITE, $ORIG_NAME sha256 
 plugin: $PLUGIN_COMMIT ($PLUGIN)
 torch: $TORCH_VERSION ($TORCH_PREFIX, CXX11 ABI $TORCH_ABI)
 NEQUIP_AOT_COMPILE: $AOT
+mlip_ops: $OPS_DIR/libmlip_ops.so ($OPS_CFLAGS)
 mpi: $(mpirun --version 2>/dev/null | head -1)
 built: $(date -u +%Y-%m-%dT%H:%M:%SZ) in $((T1 - T0)) s with $JOBS jobs
 EOF

@@ -18,7 +18,10 @@ What they check, with a float64 model of two species on small periodic triclinic
   as the calculator on the whole cell; NVE conserves energy, and 4 ranks follow 1 rank's
   trajectory; newton off is refused by the plugin, a file exported with ``--single-rank`` by
   the model;
-* ``mpirun -np 2`` with ``pair_style nequip`` stops with the plugin's single-rank message.
+* ``mpirun -np 2`` with ``pair_style nequip`` stops with the plugin's single-rank message;
+* AOT packages (``mlip export -o NAME.nequip.pt2``, with and without the fused kernel) under
+  ``pair_style nequip`` give the calculator's answers (skipped unless ``lmp`` was built with
+  ``--aot``, which also links ``libmlip_ops.so``).
 """
 import os
 import shutil
@@ -396,6 +399,48 @@ run             {steps}
     assert np.abs(one[:, 3] - one[0, 3]).max() < 1e-3 * ke0
     # the same trajectory on 4 ranks: pe, ke, etotal, virial
     np.testing.assert_allclose(four[:, 1:4], one[:, 1:4], rtol=1e-9, atol=0)
+
+
+@pytest.fixture(scope="module")
+def aot64(tmp_path_factory):
+    """The NequIP float64 model as an AOT package with the fused kernel, and one without."""
+    from mlip.cli import main
+
+    d = tmp_path_factory.mktemp("lmpaot")
+    ckpt = make_checkpoint(d / "model.pth", dtype="float64", seed=1)
+    paths = {"fused": str(d / "fused.nequip.pt2"), "plain": str(d / "plain.nequip.pt2")}
+    assert main(["export", ckpt, "-o", paths["fused"]]) == 0
+    assert main(["export", ckpt, "-o", paths["plain"], "--no-kernels"]) == 0
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["fused", "plain"])
+def test_aot_package_matches_calculator(model64, aot64, tmp_path, kind):
+    """A .nequip.pt2 package (LAMMPS built with --aot, libmlip_ops.so linked) gives the
+    calculator's energy, forces and virial under pair_style nequip."""
+    from mlip import MLIPCalculator
+
+    atoms = _structure("triclinic")
+    _write_data(atoms, tmp_path / "structure.data")
+    script = _nequip_script(aot64[kind], "dump            d all custom 1 forces.dump id type x y z fx fy fz\n"
+                                         "dump_modify     d format float %.17g sort id\n"
+                                         "run             0\n" + _result_line(""))
+    rc, out = _run_lmp(str(tmp_path), script)
+    if "not compiled with `NEQUIP_AOT_COMPILE`" in out:
+        pytest.skip("this lmp is built without NEQUIP_AOT_COMPILE (bash scripts/build_lammps.sh --aot)")
+    assert rc == 0, out[-3000:]
+    res = _results(out)
+    lower = _read_box(tmp_path / "structure.data")
+    q = _rotation(atoms, lower)
+    _, dump = _read_dump(tmp_path / "forces.dump")
+    atoms.calc = MLIPCalculator(model64)
+    e_ref, f_ref, s_ref = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
+    assert abs(res["pe"] - e_ref) <= RTOL * abs(e_ref)
+    f_lmp = np.stack([dump["fx"], dump["fy"], dump["fz"]], axis=1)
+    np.testing.assert_allclose(f_lmp @ q.T, f_ref, rtol=0, atol=RTOL * np.abs(f_ref).max())
+    p = np.array([[res["pxx"], res["pxy"], res["pxz"]], [res["pxy"], res["pyy"], res["pyz"]],
+                  [res["pxz"], res["pyz"], res["pzz"]]]) / NKTV2P_METAL
+    np.testing.assert_allclose(q @ (-p) @ q.T, s_ref, rtol=0, atol=RTOL * np.abs(s_ref).max())
 
 
 def test_single_rank_file_is_refused_by_allegro(tmp_path):
