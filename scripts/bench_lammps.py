@@ -33,12 +33,17 @@ DEFAULT_LMP = os.path.expanduser("~/.cache/mlip-lammps/lmp")
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", action="append", required=True,
+    p.add_argument("--model", action="append", default=[],
                    help="exported model (.nequip.pth or .nequip.pt2); repeat to compare several. "
                         "NAME=PATH gives it a name in the table")
+    p.add_argument("--make-mlip-models", metavar="SIZE", choices=["S"], default=None,
+                   help="also build mlip's NequIP-style model of ../shared/bench size S for --element (random "
+                        "weights: the speed does not depend on them) and time its exports: TorchScript (both pair "
+                        "styles), TorchScript --single-rank, AOT with the fused kernel, AOT plain")
     p.add_argument("--element", default="Si")
-    p.add_argument("--lattice", type=float, default=5.43, help="cubic diamond lattice constant (Angstrom)")
-    p.add_argument("--repeat", type=int, default=6, help="cubic cells per direction (8 atoms each)")
+    p.add_argument("--crystal", choices=["diamond", "fcc"], default="diamond")
+    p.add_argument("--lattice", type=float, default=5.43, help="cubic lattice constant (Angstrom)")
+    p.add_argument("--repeat", type=int, default=6, help="cubic cells per direction (8 atoms each for diamond, 4 fcc)")
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--threads", type=int, nargs="+", default=[1], help="OMP_NUM_THREADS per rank")
     p.add_argument("--pair-styles", nargs="+", default=["nequip", "allegro"], choices=["nequip", "allegro"])
@@ -52,11 +57,11 @@ def build_parser():
     return p
 
 
-def write_crystal(path, element, lattice, repeat, seed=0):
+def write_crystal(path, element, crystal, lattice, repeat, seed=0):
     from ase.build import bulk
     from ase.io import write
 
-    atoms = bulk(element, "diamond", a=lattice, cubic=True).repeat((repeat,) * 3)
+    atoms = bulk(element, crystal, a=lattice, cubic=True).repeat((repeat,) * 3)
     atoms.positions += np.random.default_rng(seed).normal(scale=0.02, size=atoms.positions.shape)
     write(path, atoms, format="lammps-data", specorder=[element], masses=True, atom_style="atomic", units="metal")
     return len(atoms)
@@ -118,6 +123,37 @@ def single_rank_only(path):
     return int(extra["num_message_layers"] or 1) > 1 and float(extra["r_max"]) == float(extra["model_r_max"])
 
 
+def make_mlip_models(size, element, folder):
+    """mlip's NequIP-style model of the yardstick's size (random weights, float32, parity off as the
+    peers' runner builds NequIP) and its four exports; [(name, path)]."""
+    import torch
+
+    from mlip.checkpoint import model_record, save_model_file
+    from mlip.cli import main as mlip
+    from mlip.nn import build_model
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench"))
+    from workloads import MODEL_S
+
+    config = dict(architecture="nequip", num_layers=MODEL_S["num_layers"], channels=MODEL_S["channels"],
+                  l_max=MODEL_S["l_max"], parity=False, r_max=MODEL_S["r_max"], num_bessel=MODEL_S["num_bessel"],
+                  avg_num_neighbors=20.0)
+    torch.manual_seed(0)
+    model = build_model(config, [element], MODEL_S["dtype"])
+    ckpt = os.path.join(folder, f"mlip_{size}.pth")
+    save_model_file(ckpt, model_record(config, [element], MODEL_S["dtype"], model.state_dict()))
+    out = []
+    for name, file, extra in (("mlip TorchScript", "mlip.nequip.pth", []),
+                              ("mlip TorchScript --single-rank", "mlip_single.nequip.pth", ["--single-rank"]),
+                              ("mlip AOT fused", "mlip_fused.nequip.pt2", []),
+                              ("mlip AOT plain", "mlip_plain.nequip.pt2", ["--no-kernels"])):
+        path = os.path.join(folder, file)
+        if mlip(["export", ckpt, "-o", path, *extra]) != 0:
+            raise RuntimeError(f"mlip export {extra} failed")
+        out.append((name, path))
+    return out
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if not (os.path.isfile(args.lmp) and os.access(args.lmp, os.X_OK)):
@@ -125,16 +161,20 @@ def main(argv=None):
     work = args.work or tempfile.mkdtemp(prefix="bench_lammps_")
     os.makedirs(work, exist_ok=True)
     models = []
+    if args.make_mlip_models:
+        models += make_mlip_models(args.make_mlip_models, args.element, work)
     for spec in args.model:
         name, _, path = spec.rpartition("=")
         path = os.path.abspath(path)
         models.append((name or os.path.basename(path), path))
+    if not models:
+        sys.exit("bench_lammps: no model (--model PATH and/or --make-mlip-models S)")
     data = os.path.join(work, "structure.data")
-    natoms = write_crystal(data, args.element, args.lattice, args.repeat)
+    natoms = write_crystal(data, args.element, args.crystal, args.lattice, args.repeat)
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     rows = []
     print(f"{natoms} {args.element} atoms, {args.steps} NVE steps after {args.warmup}; LAMMPS {args.lmp}", flush=True)
-    header = f"{'model':<34} {'pair_style':<8} {'ranks':>5} {'thr':>3} {'steps/s':>9} {'atom-steps/s':>13} " \
+    header = f"{'model':<32} {'pair_style':<8} {'ranks':>5} {'thr':>3} {'steps/s':>9} {'atom-steps/s':>13} " \
              f"{'pair %':>6} {'local/rank':>10} {'ghost/rank':>10}"
     print(header)
     for name, path in models:
@@ -162,7 +202,7 @@ def main(argv=None):
                     row = dict(parse(out, args.steps), model=name, path=path, pair_style=style, ranks=ranks,
                                threads=threads, wall_s=time.time() - t0)
                     rows.append(row)
-                    print(f"{name:<34} {style:<8} {ranks:>5} {threads:>3} {row['steps_per_s']:>9.3f} "
+                    print(f"{name:<32} {style:<8} {ranks:>5} {threads:>3} {row['steps_per_s']:>9.3f} "
                           f"{row['atom_steps_per_s']:>13.0f} {row['pair_pct'] or float('nan'):>6.1f} "
                           f"{row['local_per_rank']:>10.0f} {row['ghost_per_rank']:>10.0f}", flush=True)
     if args.json:
