@@ -102,15 +102,19 @@ def test_triclinic_small_cell_on_one_and_two_ranks():
 
 def test_one_rank_graph_keeps_only_what_reaches_local_atoms():
     """The rank's own graph: edges of the model's cutoff, receivers within (L-1) cutoffs of a
-    local atom, and the local atoms are those the plugin's edges start from."""
+    local atom and all their edges, the atoms at an end of an edge; the local atoms are those
+    the plugin's edges start from."""
     from mlip.deploy.domain import domain_graph
 
     atoms = _crystal()
     r = 3.5
     (inputs, owner, nlocal), = allegro_rank_inputs(atoms, 2 * r, (2, 1, 1), TYPE_NAMES)[0][:1]
     pos = inputs["pos"]
-    edges, counted = domain_graph(pos, inputs["edge_index"], r, 2)
+    nodes, edges, counted = domain_graph(pos, inputs["edge_index"], r, 2)
+    assert bool((nodes[1:] > nodes[:-1]).all()) and len(nodes) < len(pos)
+    assert (nodes[:nlocal] == torch.arange(nlocal)).all()
     assert counted[:nlocal].all() and not counted[nlocal:].any()
+    edges = nodes[edges]  # back to the rank's numbering
     length = (pos[edges[1]] - pos[edges[0]]).norm(dim=-1)
     assert float(length.max()) <= r
     # receivers: within one cutoff of a local atom; every such node has all its edges
@@ -120,6 +124,23 @@ def test_one_rank_graph_keeps_only_what_reaches_local_atoms():
     full.fill_diagonal_(False)
     for k in torch.nonzero(near).view(-1)[::7].tolist():
         assert set(edges[1][edges[0] == k].tolist()) == set(torch.nonzero(full[k]).view(-1).tolist())
+    assert set(nodes.tolist()) == set(edges.view(-1).tolist()) | set(range(nlocal))
+
+
+def test_atoms_without_neighbours_get_the_isolated_energy():
+    """A rank holds local atoms with no neighbour (a gas) and ghosts it need not compute: their
+    energies are the isolated atom's, and the sum over ranks is still the whole cell's."""
+    potential, module = _scripted(TINY_CONFIG, seed=4)
+    cluster = triclinic(seed=2)
+    atoms = Atoms(cluster.get_chemical_symbols() + ["C", "Si"],
+                  positions=np.concatenate([cluster.positions + 3.0, [[15.0, 15.0, 3.0], [3.0, 16.0, 15.0]]]),
+                  cell=np.diag([22.0, 21.0, 20.0]), pbc=True)
+    energy, forces, virial = _whole(potential, atoms)
+    for grid in ((1, 1, 1), (2, 2, 1)):
+        (e, f, v), ranks = _ranks(module, atoms, 2 * potential.r_max, grid)
+        assert e == pytest.approx(energy, rel=1e-13)
+        np.testing.assert_allclose(f, forces, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(v, virial, rtol=0, atol=1e-10)
 
 
 def test_radius_graph_matches_vesin(rng):
@@ -131,7 +152,7 @@ def test_radius_graph_matches_vesin(rng):
     for n, box in [(0, 5.0), (1, 5.0), (2, 1.0), (40, 6.0), (500, 15.0), (300, 200.0)]:
         points = rng.uniform(0, box, size=(n, 3))
         for fn in (radius_graph, scripted):
-            edges = fn(torch.tensor(points), 3.0, 128)
+            edges = fn(torch.tensor(points), 3.0, None, 128)
             assert edges.shape[0] == 2 and bool((edges[0][1:] >= edges[0][:-1]).all())
             ours = set(map(tuple, edges.T.tolist()))
             assert len(ours) == edges.shape[1]
@@ -141,6 +162,10 @@ def test_radius_graph_matches_vesin(rng):
             i, j = vesin.NeighborList(cutoff=3.0, full_list=True).compute(
                 points=points, box=np.zeros((3, 3)), periodic=False, quantities="ij")
             assert ours == set(zip(i.tolist(), j.tolist()))
+            # some centres only: their edges, all of them
+            centres = torch.arange(0, n, 3)
+            some = fn(torch.tensor(points), 3.0, centres, 64)
+            assert set(map(tuple, some.T.tolist())) == {(a, b) for a, b in ours if a % 3 == 0}
 
 
 def test_edges_beyond_the_cutoff_are_dropped_under_pair_style_nequip():

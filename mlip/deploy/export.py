@@ -116,6 +116,9 @@ class LammpsModel(nn.Module):
         self.type_names: List[str] = list(potential.type_names)
         self.r_max = float(potential.r_max)
         self.num_message_layers = int(potential.num_message_layers)
+        # the energy of an atom without neighbours, per type (eV): what a rank reports for the
+        # atoms it holds but need not compute (mlip.deploy.domain)
+        self.register_buffer("isolated_energy", isolated_atom_energies(potential, model_dtype))
         # whether the exported metadata r_max covers the interaction range (LAMMPS' ghost shell
         # then holds every atom a local atom's energy depends on); False: a file for one rank
         self.ghost_shell = True
@@ -130,26 +133,16 @@ class LammpsModel(nn.Module):
         n = pos.shape[0]
         device = pos.device
         edge_index = data[K.EDGE_INDEX].to(torch.long)
-        counted: Optional[torch.Tensor] = None
-        if K.CELL in data:
-            # pair_style nequip or the ASE calculator: one whole structure, images by cell shifts.
-            # The plugin's edges reach the interaction range (the metadata r_max): keep the model's
-            cell = data[K.CELL].to(f64).view(1, 3, 3)
-            shifts = data[K.EDGE_CELL_SHIFT].to(f64)
-            if not self.trusted_inputs:
-                edge_index, shifts = edges_within(pos, cell[0], edge_index, shifts, self.r_max)
-            pbc = torch.ones(1, 3, dtype=torch.bool, device=device)
-        else:
+        if K.CELL not in data:
             # pair_style allegro: one MPI rank's local and ghost atoms (mlip.deploy.domain)
-            if not self.ghost_shell and self.num_message_layers > 1:
-                raise RuntimeError("mlip model: this file was exported with --single-rank (LAMMPS' ghost shell "
-                                   "is one cutoff, too thin for " + str(self.num_message_layers) + " message-passing "
-                                   "layers): run it under pair_style nequip, or export it again without "
-                                   "--single-rank for pair_style allegro")
-            edge_index, counted = domain_graph(pos, edge_index, self.r_max, self.num_message_layers)
-            cell = torch.zeros(1, 3, 3, dtype=f64, device=device)
-            shifts = torch.zeros(edge_index.shape[1], 3, dtype=f64, device=device)
-            pbc = torch.zeros(1, 3, dtype=torch.bool, device=device)
+            return self.rank_share(pos, data[K.ATOM_TYPES].to(torch.long).view(-1), edge_index)
+        # pair_style nequip or the ASE calculator: one whole structure, images by cell shifts.
+        # The plugin's edges reach the interaction range (the metadata r_max): keep the model's
+        cell = data[K.CELL].to(f64).view(1, 3, 3)
+        shifts = data[K.EDGE_CELL_SHIFT].to(f64)
+        if not self.trusted_inputs:
+            edge_index, shifts = edges_within(pos, cell[0], edge_index, shifts, self.r_max)
+        pbc = torch.ones(1, 3, dtype=torch.bool, device=device)
         # the plugin gives no batch or num_atoms: one structure; no model reads pbc (the shifts
         # and the cell carry the periodicity)
         graph: Dict[str, torch.Tensor] = {
@@ -162,29 +155,85 @@ class LammpsModel(nn.Module):
             K.NUM_ATOMS: torch.full([1], n, dtype=torch.long, device=device),
             K.PBC: pbc,
         }
-        if counted is None:
-            for name in self.optional_fields:
-                if name in data:
-                    value = data[name]
-                    # as the declared inputs: floating values in float64 (the geometry's precision),
-                    # integer values (indices) as int64
-                    graph[name] = value.to(f64) if value.is_floating_point() else value.to(torch.long)
+        for name in self.optional_fields:
+            if name in data:
+                value = data[name]
+                # as the declared inputs: floating values in float64 (the geometry's precision),
+                # integer values (indices) as int64
+                graph[name] = value.to(f64) if value.is_floating_point() else value.to(torch.long)
         out = self.potential.energy_and_derivatives(graph, compute_forces=True, compute_virial=True,
-                                                    create_graph=False, network_dtype=self.dtype_probe.dtype,
-                                                    counted_atoms=counted)
+                                                    create_graph=False, network_dtype=self.dtype_probe.dtype)
         result = {
             K.ATOMIC_ENERGY: out[K.ATOMIC_ENERGY].to(f64).view(n, 1).detach(),
             K.TOTAL_ENERGY: out[K.TOTAL_ENERGY].to(f64).view(1, 1).detach(),
             K.FORCES: out[K.FORCES].detach(),
             K.VIRIAL: out[K.VIRIAL].detach(),
         }
-        if counted is None:
-            # extra outputs of a model with output heads (charges, dipole, polarizability, generic
-            # outputs), float64; the LAMMPS plugin reads none of them. A rank of a domain
-            # decomposition holds only part of a structure: no whole-structure outputs there
-            for name in self.potential.output_fields:
-                result[name] = out[name].to(f64).detach()
+        # extra outputs of a model with output heads (charges, dipole, polarizability, generic
+        # outputs), float64; the LAMMPS plugin reads none of them
+        for name in self.potential.output_fields:
+            result[name] = out[name].to(f64).detach()
         return result
+
+    def rank_share(self, pos: torch.Tensor, atom_types: torch.Tensor,
+                   plugin_edges: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """One MPI rank under pair_style allegro (:mod:`mlip.deploy.domain`): the energy of its
+        local atoms, and its derivatives with respect to every atom it holds. A rank holds only
+        part of a structure: no output heads here."""
+        f64 = torch.float64
+        n = pos.shape[0]
+        device = pos.device
+        if not self.ghost_shell and self.num_message_layers > 1:
+            raise RuntimeError("mlip model: this file was exported with --single-rank (LAMMPS' ghost shell "
+                               "is one cutoff, too thin for " + str(self.num_message_layers) + " message-passing "
+                               "layers): run it under pair_style nequip, or export it again without "
+                               "--single-rank for pair_style allegro")
+        nodes, edge_index, counted = domain_graph(pos, plugin_edges, self.r_max, self.num_message_layers)
+        m = nodes.shape[0]
+        graph: Dict[str, torch.Tensor] = {
+            K.POSITIONS: pos.index_select(0, nodes),
+            K.ATOM_TYPES: atom_types.index_select(0, nodes),
+            K.EDGE_INDEX: edge_index,
+            K.EDGE_CELL_SHIFT: torch.zeros(edge_index.shape[1], 3, dtype=f64, device=device),
+            K.CELL: torch.zeros(1, 3, 3, dtype=f64, device=device),
+            K.BATCH: torch.zeros(m, dtype=torch.long, device=device),
+            K.NUM_ATOMS: torch.full([1], m, dtype=torch.long, device=device),
+            K.PBC: torch.zeros(1, 3, dtype=torch.bool, device=device),
+        }
+        out = self.potential.energy_and_derivatives(graph, compute_forces=True, compute_virial=True,
+                                                    create_graph=False, network_dtype=self.dtype_probe.dtype,
+                                                    counted_atoms=counted)
+        atomic_energy = self.isolated_energy.index_select(0, atom_types).to(f64)
+        atomic_energy = atomic_energy.index_copy(0, nodes, out[K.ATOMIC_ENERGY].to(f64).view(-1).detach())
+        forces = torch.zeros(n, 3, dtype=f64, device=device)
+        forces = forces.index_copy(0, nodes, out[K.FORCES].to(f64).detach())
+        return {
+            K.ATOMIC_ENERGY: atomic_energy.view(n, 1),
+            K.TOTAL_ENERGY: out[K.TOTAL_ENERGY].to(f64).view(1, 1).detach(),
+            K.FORCES: forces,
+            K.VIRIAL: out[K.VIRIAL].to(f64).detach(),
+        }
+
+
+def isolated_atom_energies(potential: Potential, model_dtype: torch.dtype) -> torch.Tensor:
+    """The energy (eV, float64) the model gives an atom of each type with no neighbour, [T]."""
+    f64 = torch.float64
+    device = next((p.device for p in potential.parameters()), torch.device("cpu"))
+    t = len(potential.type_names)
+    graph: Dict[str, torch.Tensor] = {
+        K.POSITIONS: torch.zeros(t, 3, dtype=f64, device=device),
+        K.ATOM_TYPES: torch.arange(t, device=device),
+        K.EDGE_INDEX: torch.zeros(2, 0, dtype=torch.long, device=device),
+        K.EDGE_CELL_SHIFT: torch.zeros(0, 3, dtype=f64, device=device),
+        K.CELL: torch.zeros(1, 3, 3, dtype=f64, device=device),
+        K.BATCH: torch.zeros(t, dtype=torch.long, device=device),
+        K.NUM_ATOMS: torch.full([1], t, dtype=torch.long, device=device),
+        K.PBC: torch.zeros(1, 3, dtype=torch.bool, device=device),
+    }
+    with torch.no_grad():
+        out = potential.energy_and_derivatives(graph, compute_forces=False, compute_virial=False,
+                                               network_dtype=model_dtype)
+    return out[K.ATOMIC_ENERGY].to(f64).view(-1).detach().clone()
 
 
 def edges_within(pos: torch.Tensor, cell: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor,
