@@ -114,6 +114,10 @@ def test_one_rank_graph_keeps_only_what_reaches_local_atoms():
     assert bool((nodes[1:] > nodes[:-1]).all()) and len(nodes) < len(pos)
     assert (nodes[:nlocal] == torch.arange(nlocal)).all()
     assert counted[:nlocal].all() and not counted[nlocal:].any()
+    # edges into counted atoms lead (the last layer takes only them: keys.LAST_LAYER_EDGES)
+    into_counted = counted[edges[0]]
+    k = int(into_counted.sum())
+    assert 0 < k < edges.shape[1] and bool(into_counted[:k].all())
     edges = nodes[edges]  # back to the rank's numbering
     length = (pos[edges[1]] - pos[edges[0]]).norm(dim=-1)
     assert float(length.max()) <= r

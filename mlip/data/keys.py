@@ -56,6 +56,10 @@ PAIR_EDGE = _field("pair_edge", "pair", index_of="edge", optional=True)  # [P] i
 # [B] float, e: total charge of each structure (atoms.info["charge"]; 0 when not given). Read by
 # the dipole head only (charges sum to it); optional, so the exported model passes it on when given
 TOTAL_CHARGE = _field("total_charge", "structure", optional=True)
+# [1] int64, one graph only: the last message-passing layer uses only edges[:, :k], those whose
+# receivers are the atoms whose energies count (set by mlip.deploy.domain for one MPI rank's
+# graph, whose counted atoms and their edges come first); models use every edge without it
+LAST_LAYER_EDGES = _field("last_layer_edges", "structure")
 
 # --- derived per-edge / per-node quantities -----------------------------------------------
 EDGE_VECTORS = _field("edge_vectors", "edge")  # [E, 3]

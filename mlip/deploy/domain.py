@@ -24,7 +24,9 @@ neighbour list then cover it; the user sets nothing) and the model does the rest
 4. the model runs on the atoms that are an end of one of these edges (and the local atoms);
    every other atom has no neighbour the model sees, and its energy (read by LAMMPS for local
    atoms only) is the isolated atom's, a per-type constant computed once;
-5. the energy that is differentiated is the sum over local atoms (``counted``), so the forces
+5. the last layer takes only the edges into local atoms (the leading ones: local atoms have the
+   lowest indices and edges are ordered by receiver), as nothing else reaches their energies;
+6. the energy that is differentiated is the sum over local atoms (``counted``), so the forces
    on ghost atoms are exactly the share LAMMPS sends back to their owners, and the rank's
    virial is its share of the total.
 
@@ -125,4 +127,6 @@ def domain_graph(pos: torch.Tensor, plugin_edges: torch.Tensor, r_max: float,
     nodes = torch.nonzero(used).view(-1)
     renumber = torch.full([n], -1, dtype=torch.long, device=device)
     renumber[nodes] = torch.arange(nodes.shape[0], dtype=torch.long, device=device)
+    # local atoms have the lowest indices and edges come ordered by receiver: the edges into
+    # counted atoms, all the last layer needs, are the leading ones (keys.LAST_LAYER_EDGES)
     return nodes, renumber[edges], counted.index_select(0, nodes)

@@ -199,6 +199,8 @@ class LammpsModel(nn.Module):
             K.BATCH: torch.zeros(m, dtype=torch.long, device=device),
             K.NUM_ATOMS: torch.full([1], m, dtype=torch.long, device=device),
             K.PBC: torch.zeros(1, 3, dtype=torch.bool, device=device),
+            # edges into the counted atoms come first: the last layer needs no other
+            K.LAST_LAYER_EDGES: (counted.index_select(0, edge_index[0]).sum()).view(1),
         }
         out = self.potential.energy_and_derivatives(graph, compute_forces=True, compute_virial=True,
                                                     create_graph=False, network_dtype=self.dtype_probe.dtype,

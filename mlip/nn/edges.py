@@ -1,9 +1,10 @@
 """Edge embedding shared by every architecture: direction -> harmonics, length -> radial basis."""
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
+from mlip.data import keys as K
 from mlip.nn.radial import RadialEmbedding
 from mlip.nn.spherical_harmonics import SphericalHarmonics
 
@@ -27,3 +28,12 @@ class EdgeEmbedding(nn.Module):
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         lengths_of = vectors if pair_edge is None else vectors.index_select(0, pair_edge)
         return self.sh(vectors), self.radial(torch.linalg.vector_norm(lengths_of, dim=-1))
+
+
+def last_layer_edges(data: Dict[str, torch.Tensor], edge_pair: Optional[torch.Tensor]) -> int:
+    """How many leading edges the last message-passing layer uses (``keys.LAST_LAYER_EDGES``,
+    set for one MPI rank's graph by :mod:`mlip.deploy.domain`), or -1: all of them. Ignored
+    with the opposite-edge pairing, which spans all edges (the rank's graph has none)."""
+    if K.LAST_LAYER_EDGES in data and edge_pair is None:
+        return int(data[K.LAST_LAYER_EDGES].view(-1)[0])
+    return -1

@@ -27,7 +27,7 @@ from torch import nn
 
 from mlip.data import keys as K
 from mlip.nn.build import radial_mlp_widths, register_architecture
-from mlip.nn.edges import EdgeEmbedding
+from mlip.nn.edges import EdgeEmbedding, last_layer_edges
 from mlip.nn.embedding import SpeciesEmbedding
 from mlip.nn.heads import OutputHeads, has_heads, head_irreps
 from mlip.irreps import Irrep, e3nn_irreps, sh_irreps
@@ -182,7 +182,10 @@ class MACEModel(nn.Module):
         edge_sh, edge_radial = self.edges(data[K.EDGE_VECTORS], pair_edge)
         x = self.embedding(atom_types)
         energy = torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
-        for layer in self.layers:
+        last = last_layer_edges(data, edge_pair)
+        for i, layer in enumerate(self.layers):
+            if i == len(self.layers) - 1 and last >= 0:
+                edge_sh, edge_radial, edge_index = edge_sh[:last], edge_radial[:last], edge_index[:, :last]
             x, e = layer(x, atom_types, edge_sh, edge_radial, edge_index, edge_pair)
             energy = energy + e
         data[K.ATOMIC_ENERGY] = self.scale_shift(energy, atom_types)

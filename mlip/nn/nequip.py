@@ -11,7 +11,7 @@ from torch import nn
 
 from mlip.data import keys as K
 from mlip.nn.build import register_architecture
-from mlip.nn.edges import EdgeEmbedding
+from mlip.nn.edges import EdgeEmbedding, last_layer_edges
 from mlip.nn.embedding import SpeciesEmbedding
 from mlip.nn.heads import OutputHeads, has_heads, head_irreps
 from mlip.nn.interaction import NequIPInteraction
@@ -96,7 +96,10 @@ class NequIPModel(nn.Module):
             edge_pair, pair_edge = data[K.EDGE_PAIR], data[K.PAIR_EDGE]
         edge_sh, edge_radial = self.edges(data[K.EDGE_VECTORS], pair_edge)
         x = self.embedding(atom_types)
-        for layer in self.layers:
+        last = last_layer_edges(data, edge_pair)
+        for i, layer in enumerate(self.layers):
+            if i == len(self.layers) - 1 and last >= 0:
+                edge_sh, edge_radial, edge_index = edge_sh[:last], edge_radial[:last], edge_index[:, :last]
             x = layer(x, atom_types, edge_sh, edge_radial, edge_index, edge_pair, self.embedding.weight)
         data[K.ATOMIC_ENERGY] = self.scale_shift(self.readout(x[:, 0, :]), atom_types)
         heads = self.heads
