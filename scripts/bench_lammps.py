@@ -41,6 +41,11 @@ def build_parser():
                         "weights: the speed does not depend on them) and time its exports: TorchScript (both pair "
                         "styles), TorchScript --single-rank, AOT with the fused kernel, AOT plain")
     p.add_argument("--element", default="Si")
+    p.add_argument("--molecule", default=None, metavar="FILE[@INDEX]",
+                   help="time one molecule of an extxyz file (default frame 0) in vacuum (boundary f f f, "
+                        "pair_style nequip) instead of a crystal; its species, in the order C H N O ... of "
+                        "--species or sorted, are the LAMMPS types")
+    p.add_argument("--species", nargs="+", default=None, help="LAMMPS type order for --molecule")
     p.add_argument("--crystal", choices=["diamond", "fcc"], default="diamond")
     p.add_argument("--lattice", type=float, default=5.43, help="cubic lattice constant (Angstrom)")
     p.add_argument("--repeat", type=int, default=6, help="cubic cells per direction (8 atoms each for diamond, 4 fcc)")
@@ -67,11 +72,27 @@ def write_crystal(path, element, crystal, lattice, repeat, seed=0):
     return len(atoms)
 
 
-def script(model, element, pair_style, warmup, steps, timestep):
+def write_molecule(path, spec, species=None):
+    """One molecule of an extxyz file, centred in a 40 A box: (atoms, species in type order)."""
+    from ase.io import read, write
+
+    file, _, index = spec.partition("@")
+    atoms = read(file, index=int(index or 0))
+    atoms.calc = None
+    species = species or sorted(set(atoms.get_chemical_symbols()))
+    atoms.cell = [40.0, 40.0, 40.0]
+    atoms.center()
+    atoms.pbc = False
+    write(path, atoms, format="lammps-data", specorder=species, masses=True, atom_style="atomic", units="metal")
+    return len(atoms), species
+
+
+def script(model, species, pair_style, warmup, steps, timestep, boundary="p p p"):
     newton = "off" if pair_style == "nequip" else "on"
+    element = " ".join(species)
     return f"""units           metal
 atom_style      atomic
-boundary        p p p
+boundary        {boundary}
 newton          {newton}
 atom_modify     map array
 read_data       structure.data
@@ -123,7 +144,7 @@ def single_rank_only(path):
     return int(extra["num_message_layers"] or 1) > 1 and float(extra["r_max"]) == float(extra["model_r_max"])
 
 
-def make_mlip_models(size, element, folder):
+def make_mlip_models(size, species, folder):
     """mlip's NequIP-style model of the yardstick's size (random weights, float32, parity off as the
     peers' runner builds NequIP) and its four exports; [(name, path)]."""
     import torch
@@ -139,9 +160,9 @@ def make_mlip_models(size, element, folder):
                   l_max=MODEL_S["l_max"], parity=False, r_max=MODEL_S["r_max"], num_bessel=MODEL_S["num_bessel"],
                   avg_num_neighbors=20.0)
     torch.manual_seed(0)
-    model = build_model(config, [element], MODEL_S["dtype"])
+    model = build_model(config, list(species), MODEL_S["dtype"])
     ckpt = os.path.join(folder, f"mlip_{size}.pth")
-    save_model_file(ckpt, model_record(config, [element], MODEL_S["dtype"], model.state_dict()))
+    save_model_file(ckpt, model_record(config, list(species), MODEL_S["dtype"], model.state_dict()))
     out = []
     for name, file, extra in (("mlip TorchScript", "mlip.nequip.pth", []),
                               ("mlip TorchScript --single-rank", "mlip_single.nequip.pth", ["--single-rank"]),
@@ -160,25 +181,31 @@ def main(argv=None):
         sys.exit(f"bench_lammps: no LAMMPS at {args.lmp} (bash scripts/build_lammps.sh, or --lmp / MLIP_LMP)")
     work = args.work or tempfile.mkdtemp(prefix="bench_lammps_")
     os.makedirs(work, exist_ok=True)
+    data = os.path.join(work, "structure.data")
+    if args.molecule:
+        natoms, species = write_molecule(data, args.molecule, args.species)
+        boundary, styles, what = "f f f", ["nequip"], f"one molecule of {natoms} atoms ({' '.join(species)})"
+    else:
+        species = [args.element]
+        natoms = write_crystal(data, args.element, args.crystal, args.lattice, args.repeat)
+        boundary, styles, what = "p p p", args.pair_styles, f"{natoms} {args.element} atoms"
     models = []
     if args.make_mlip_models:
-        models += make_mlip_models(args.make_mlip_models, args.element, work)
+        models += make_mlip_models(args.make_mlip_models, species, work)
     for spec in args.model:
         name, _, path = spec.rpartition("=")
         path = os.path.abspath(path)
         models.append((name or os.path.basename(path), path))
     if not models:
         sys.exit("bench_lammps: no model (--model PATH and/or --make-mlip-models S)")
-    data = os.path.join(work, "structure.data")
-    natoms = write_crystal(data, args.element, args.crystal, args.lattice, args.repeat)
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     rows = []
-    print(f"{natoms} {args.element} atoms, {args.steps} NVE steps after {args.warmup}; LAMMPS {args.lmp}", flush=True)
+    print(f"{what}, {args.steps} NVE steps after {args.warmup}; LAMMPS {args.lmp}", flush=True)
     header = f"{'model':<32} {'pair_style':<8} {'ranks':>5} {'thr':>3} {'steps/s':>9} {'atom-steps/s':>13} " \
              f"{'pair %':>6} {'local/rank':>10} {'ghost/rank':>10}"
     print(header)
     for name, path in models:
-        for style in args.pair_styles:
+        for style in styles:
             for ranks in ([1] if style == "nequip" else args.ranks):
                 if style == "allegro" and single_rank_only(path):
                     continue  # a model for pair_style nequip only
@@ -187,7 +214,7 @@ def main(argv=None):
                     os.makedirs(run_dir, exist_ok=True)
                     shutil.copy(data, os.path.join(run_dir, "structure.data"))
                     with open(os.path.join(run_dir, "in.lammps"), "w") as f:
-                        f.write(script(path, args.element, style, args.warmup, args.steps, args.timestep))
+                        f.write(script(path, species, style, args.warmup, args.steps, args.timestep, boundary))
                     cmd = [args.lmp, "-in", "in.lammps", "-log", "log.lammps", "-screen", "screen.txt"]
                     if style == "allegro":
                         cmd = [args.mpirun, "-np", str(ranks), "--oversubscribe", "--bind-to", "none", *cmd]
@@ -209,7 +236,7 @@ def main(argv=None):
         import torch
 
         meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.processor()} "
-                f"{os.cpu_count()} CPUs", "torch": torch.__version__, "atoms": natoms, "element": args.element,
+                f"{os.cpu_count()} CPUs", "torch": torch.__version__, "atoms": natoms, "species": species, "system": what,
                 "steps": args.steps, "lmp": args.lmp, "command": " ".join(sys.argv)}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
