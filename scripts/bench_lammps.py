@@ -43,8 +43,9 @@ def build_parser():
     p.add_argument("--element", default="Si")
     p.add_argument("--molecule", default=None, metavar="FILE[@INDEX]",
                    help="time one molecule of an extxyz file (default frame 0) in vacuum (boundary f f f, "
-                        "pair_style nequip) instead of a crystal; its species, in the order C H N O ... of "
-                        "--species or sorted, are the LAMMPS types")
+                        "pair_style nequip) instead of a crystal, as force calls on the fixed geometry (no "
+                        "integrator: a barely trained or random model would tear a molecule apart); its species, "
+                        "in the order of --species or sorted, are the LAMMPS types")
     p.add_argument("--species", nargs="+", default=None, help="LAMMPS type order for --molecule")
     p.add_argument("--crystal", choices=["diamond", "fcc"], default="diamond")
     p.add_argument("--lattice", type=float, default=5.43, help="cubic lattice constant (Angstrom)")
@@ -87,9 +88,12 @@ def write_molecule(path, spec, species=None):
     return len(atoms), species
 
 
-def script(model, species, pair_style, warmup, steps, timestep, boundary="p p p"):
+def script(model, species, pair_style, warmup, steps, timestep, boundary="p p p", dynamics=True):
+    """The LAMMPS input; without ``dynamics`` the atoms stay put (every step one force call)."""
     newton = "off" if pair_style == "nequip" else "on"
     element = " ".join(species)
+    md = ("velocity        all create 300.0 4928459 mom yes rot no dist gaussian loop geom\n"
+          "fix             nve all nve\n") if dynamics else ""
     return f"""units           metal
 atom_style      atomic
 boundary        {boundary}
@@ -100,10 +104,8 @@ pair_style      {pair_style}
 pair_coeff      * * {model} {element}
 neighbor        1.0 bin
 neigh_modify    every 1 delay 5 check yes
-velocity        all create 300.0 4928459 mom yes rot no dist gaussian loop geom
 timestep        {timestep}
-fix             nve all nve
-thermo          {max(1, steps)}
+{md}thermo          {max(1, steps)}
 run             {warmup}
 run             {steps}
 """
@@ -214,7 +216,8 @@ def main(argv=None):
                     os.makedirs(run_dir, exist_ok=True)
                     shutil.copy(data, os.path.join(run_dir, "structure.data"))
                     with open(os.path.join(run_dir, "in.lammps"), "w") as f:
-                        f.write(script(path, species, style, args.warmup, args.steps, args.timestep, boundary))
+                        f.write(script(path, species, style, args.warmup, args.steps, args.timestep, boundary,
+                                       dynamics=not args.molecule))
                     cmd = [args.lmp, "-in", "in.lammps", "-log", "log.lammps", "-screen", "screen.txt"]
                     if style == "allegro":
                         cmd = [args.mpirun, "-np", str(ranks), "--oversubscribe", "--bind-to", "none", *cmd]
