@@ -3,7 +3,8 @@
     configs/   the YAML training configs: example.yaml (Si, minutes on a CPU), mace_example.yaml,
                finetune_example.yaml and the benchmark set-ups (3bpa, rmd17_*, mlearn_si, mace_3bpa*)
     data/      si_train.extxyz (71 structures) and si_test.extxyz (12): mlearn Si subsets,
-               BSD-3-Clause, licence in data/LICENSE-mlearn-si
+               BSD-3-Clause, licence in data/LICENSE-mlearn-si; molecules/: water and CHFClBr
+               labelled with PySCF (energy, forces, dipole, polarizability; molecules/README.md)
 
 This folder is the one canonical copy. In a source checkout the top-level ``configs`` and
 ``data`` are symlinks to it, so the commands in the README (``mlip train configs/example.yaml``,
@@ -42,9 +43,8 @@ def example_files() -> List[str]:
     root = example_path()
     out = []
     for folder in FOLDERS:
-        if not os.path.isdir(os.path.join(root, folder)):
-            continue
-        for name in sorted(os.listdir(os.path.join(root, folder))):
-            if os.path.isfile(os.path.join(root, folder, name)):
-                out.append(f"{folder}/{name}")
+        for here, dirs, files in os.walk(os.path.join(root, folder)):
+            dirs.sort()
+            relative = os.path.relpath(here, root).replace(os.sep, "/")
+            out += [f"{relative}/{name}" for name in sorted(files) if not name.startswith(".")]
     return out
