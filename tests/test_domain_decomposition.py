@@ -62,6 +62,15 @@ def _ranks(module, atoms, cutoff, grid):
     return allegro_reduce(outputs, ranks, len(atoms)), ranks
 
 
+def _assert_ranks_sum_to(module, atoms, cutoff, grids, energy, forces, virial):
+    """For each grid of ranks, LAMMPS' reduction equals the whole cell's answers."""
+    for grid in grids:
+        (e, f, v), _ = _ranks(module, atoms, cutoff, grid)
+        assert e == pytest.approx(energy, rel=1e-13)
+        np.testing.assert_allclose(f, forces, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(v, virial, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("grid", [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2)], ids=["1", "2", "4", "8"])
 def test_ranks_sum_to_the_whole_cell(model, grid):
@@ -93,11 +102,7 @@ def test_triclinic_small_cell_on_one_and_two_ranks():
     potential, module = _scripted(TINY_CONFIG, seed=2)
     atoms = triclinic(seed=1) * (2, 1, 1)
     energy, forces, virial = _whole(potential, atoms)
-    for grid in ((1, 1, 1), (2, 1, 1)):
-        (e, f, v), _ = _ranks(module, atoms, 2 * potential.r_max, grid)
-        assert e == pytest.approx(energy, rel=1e-13)
-        np.testing.assert_allclose(f, forces, rtol=0, atol=1e-10)
-        np.testing.assert_allclose(v, virial, rtol=0, atol=1e-10)
+    _assert_ranks_sum_to(module, atoms, 2 * potential.r_max, ((1, 1, 1), (2, 1, 1)), energy, forces, virial)
 
 
 def test_one_rank_graph_keeps_only_what_reaches_local_atoms():
@@ -140,11 +145,7 @@ def test_atoms_without_neighbours_get_the_isolated_energy():
                   positions=np.concatenate([cluster.positions + 3.0, [[15.0, 15.0, 3.0], [3.0, 16.0, 15.0]]]),
                   cell=np.diag([22.0, 21.0, 20.0]), pbc=True)
     energy, forces, virial = _whole(potential, atoms)
-    for grid in ((1, 1, 1), (2, 2, 1)):
-        (e, f, v), ranks = _ranks(module, atoms, 2 * potential.r_max, grid)
-        assert e == pytest.approx(energy, rel=1e-13)
-        np.testing.assert_allclose(f, forces, rtol=0, atol=1e-10)
-        np.testing.assert_allclose(v, virial, rtol=0, atol=1e-10)
+    _assert_ranks_sum_to(module, atoms, 2 * potential.r_max, ((1, 1, 1), (2, 2, 1)), energy, forces, virial)
 
 
 def test_radius_graph_matches_vesin(rng):

@@ -148,8 +148,10 @@ read_data       structure.data
 """
 
 
-def _nequip_script(model, run):
-    return _header("off") + f"""pair_style      nequip
+def _script(model, run, pair_style="nequip"):
+    """pair_style nequip (newton off) or allegro (newton on), per-atom energies, the virial
+    pressure, thermo at full precision, then ``run``."""
+    return _header("off" if pair_style == "nequip" else "on") + f"""pair_style      {pair_style}
 pair_coeff      * * {model} {' '.join(SPECORDER)}
 neighbor        0.5 bin
 neigh_modify    every 1 delay 0 check yes
@@ -159,6 +161,14 @@ thermo_style    custom step pe ke etotal c_pvir[1] c_pvir[2] c_pvir[3] c_pvir[4]
 thermo_modify   format float %.17g
 {run}
 """
+
+
+def _nequip_script(model, run):
+    return _script(model, run, "nequip")
+
+
+def _allegro_script(model, run):
+    return _script(model, run, "allegro")
 
 
 def _result_line(tag):
@@ -308,19 +318,6 @@ def _big_crystal(seed=0, repeat=8):
     atoms.set_chemical_symbols(symbols.tolist())
     atoms.positions += rng.normal(scale=0.1, size=atoms.positions.shape)
     return atoms
-
-
-def _allegro_script(model, run):
-    return _header("on") + f"""pair_style      allegro
-pair_coeff      * * {model} {' '.join(SPECORDER)}
-neighbor        0.5 bin
-neigh_modify    every 1 delay 0 check yes
-compute         pe all pe/atom
-compute         pvir all pressure NULL virial
-thermo_style    custom step pe ke etotal c_pvir[1] c_pvir[2] c_pvir[3] c_pvir[4] c_pvir[5] c_pvir[6] vol
-thermo_modify   format float %.17g
-{run}
-"""
 
 
 @pytest.fixture(scope="module")
