@@ -8,7 +8,6 @@ same pytest process (``triton_available`` of CPU tensors is False again afterwar
 """
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,75 +15,12 @@ pytest.importorskip("triton")
 
 from mlip.nn.build import default_dtype  # noqa: E402
 from mlip.ops import triton_message as tm  # noqa: E402
-from mlip.ops.message import MessagePassing, message_reference  # noqa: E402
-from mlip.ops.tensor_product import TensorProductSpec, reachable_irreps  # noqa: E402
+from mlip.ops.message import MessagePassing  # noqa: E402
+from triton_helpers import (SPECS, TOL, assert_all_close, derivative_tower, fused, make_spec,  # noqa: E402
+                            random_graph, random_inputs, reference)
 
 
 pytestmark = pytest.mark.usefixtures("triton_interpreter")
-
-
-E, O = 1, -1
-SPECS = {
-    # (irreps_in, irreps_sh, candidate outputs)
-    "l1_parity": ([(0, E), (1, O)], [(0, E), (1, O)], [(0, E), (1, O), (1, E), (0, O)]),
-    "l2_parity": ([(0, E), (1, O), (2, E)], [(0, E), (1, O), (2, E)], [(0, E), (1, O), (2, E), (1, E)]),
-    "l2_so3": ([(0, E), (1, E), (2, E)], [(0, E), (1, E)], [(0, E), (1, E), (2, E)]),
-    "l3_parity": ([(0, E), (3, O)], [(0, E), (1, O), (3, O)], [(0, E), (1, O), (2, E), (3, O), (3, E)]),
-    "l3_odd_in": ([(1, O), (3, E)], [(0, E), (3, O)], [(0, O), (1, O), (2, O), (3, E), (3, O)]),
-}
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-
-
-def make_spec(name):
-    irreps_in, irreps_sh, candidates = SPECS[name]
-    return TensorProductSpec(irreps_in, irreps_sh, reachable_irreps(irreps_in, irreps_sh, candidates))
-
-
-def random_graph(num_nodes, num_edges, sort, seed=0):
-    """Random edges among all but the last node (which stays isolated); self-pairs allowed
-    (periodic images); sorted by receiver like the neighbour list, or shuffled."""
-    g = torch.Generator().manual_seed(seed)
-    edge_index = torch.randint(0, num_nodes - 1, (2, num_edges), generator=g)
-    if sort:
-        order = np.lexsort((edge_index[1].numpy(), edge_index[0].numpy()))
-        edge_index = edge_index[:, torch.as_tensor(order)]
-    return edge_index
-
-
-def random_inputs(spec, num_nodes, num_edges, channels, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(num_nodes, spec.dim_in, channels, generator=g, dtype=torch.float64)
-    y = torch.randn(num_edges, spec.dim_sh, generator=g, dtype=torch.float64)
-    w = torch.randn(num_edges, spec.num_paths, channels, generator=g, dtype=torch.float64)
-    return [t.to(dtype).requires_grad_(True) for t in (x, y, w)]
-
-
-def reference(spec, x, y, w, edge_index, num_nodes):
-    return message_reference(x, y, w, edge_index, spec.cg_tensor(x.dtype), spec.path_of_output(), num_nodes)
-
-
-def fused(spec, x, y, w, edge_index, num_nodes, mode):
-    return tm.fused_message(x, y, w, edge_index, spec, num_nodes, scatter=mode)
-
-
-def derivative_tower(fn, x, y, w, seed=1):
-    """out, first derivatives under a random cotangent (create_graph) and second derivatives
-    of a random functional of the first ones, as force training produces them."""
-    out = fn(x, y, w)
-    g = torch.Generator().manual_seed(seed)
-    cot = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
-    first = torch.autograd.grad(out, (x, y, w), cot, create_graph=True)
-    probes = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype) for t in first]
-    functional = sum(((t * p).sum() + 0.5 * (t * t).sum()) for t, p in zip(first, probes))
-    second = torch.autograd.grad(functional, (x, y, w))
-    return [out, *first, *second]
-
-
-def assert_all_close(got, want, tol, what):
-    names = ["out", "d/dh", "d/dY", "d/dW", "dd/dh", "dd/dY", "dd/dW"]
-    for name, a, b in zip(names, got, want):
-        scale = max(1.0, b.abs().max().item())
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale, msg=lambda m: f"{what} {name}: {m}")
 
 
 @pytest.mark.parametrize("name", list(SPECS))

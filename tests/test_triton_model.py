@@ -11,45 +11,11 @@ import torch
 pytest.importorskip("triton")
 
 from mlip.data import keys as K  # noqa: E402
-from mlip.data.frames import Frame  # noqa: E402
-from mlip.data.graph import TypeMapper, collate, frame_to_graph  # noqa: E402
-from mlip.nn.build import build_model  # noqa: E402
 from mlip.ops.message import MessagePassing  # noqa: E402
+from triton_helpers import force_loss, pair_of_models, small_batch  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("triton_interpreter")
-
-
-def small_batch(r_max):
-    """A periodic 2-atom Si cell (atoms see their own images) and a non-periodic 4-atom Si/O
-    cluster, batched: two structures, self-image edges, receiver-sorted edges as in training."""
-    rng = np.random.default_rng(0)
-    a = 5.43
-    cell = np.array([[0.0, a / 2, a / 2], [a / 2, 0.0, a / 2], [a / 2, a / 2, 0.0]])
-    si2 = Frame(positions=np.array([[0.0, 0.0, 0.0], [a / 4, a / 4, a / 4]]) + 0.05 * rng.standard_normal((2, 3)),
-                numbers=np.array([14, 14]), cell=cell, pbc=np.array([True, True, True]),
-                energy=-10.0, forces=rng.standard_normal((2, 3)))
-    cluster = Frame(positions=np.array([[0.0, 0.0, 0.0], [1.6, 0.1, 0.0], [0.2, 1.5, 0.1], [1.0, 0.9, 1.3]])
-                    + 0.05 * rng.standard_normal((4, 3)), numbers=np.array([14, 8, 8, 14]),
-                    cell=np.zeros((3, 3)), pbc=np.array([False, False, False]),
-                    energy=-20.0, forces=rng.standard_normal((4, 3)))
-    mapper = TypeMapper(["O", "Si"])
-    return collate([frame_to_graph(f, mapper, r_max) for f in (si2, cluster)])
-
-
-def pair_of_models(config):
-    torch.manual_seed(0)
-    ref = build_model(dict(config, message_backend="torch"), ["O", "Si"], torch.float64)
-    fused = build_model(dict(config, message_backend="triton"), ["O", "Si"], torch.float64)
-    fused.load_state_dict(ref.state_dict())
-    return ref, fused
-
-
-def force_loss(model, batch):
-    out = model(batch, compute_forces=True, training=True)
-    loss = ((out[K.TOTAL_ENERGY] - batch[K.REF_ENERGY]) ** 2).mean() \
-        + ((out[K.FORCES] - batch[K.REF_FORCES]) ** 2).mean()
-    return out, loss
 
 
 def count_fused_modules(model):
