@@ -279,10 +279,17 @@ def run_phase(family, programs, cases, args, sites, deadline, results, write):
            "--device", args.device, "--repeats", str(args.repeats), "--bench-dir", args.bench_dir]
     if args.dry_run:
         cmd.append("--dry-run")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=family_env(family, sites, args.device), bufsize=1)
     expected = {(p, s, w) for p in programs for s, w in cases}
-    buf = ""
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=family_env(family, sites, args.device), bufsize=1)
+    except OSError as exc:  # e.g. a --python that does not exist: report it per case, go on
+        for p, s, w in sorted(expected):
+            results.append({"program": p, "size": s, "workload": w, "device": args.device,
+                            "error": f"not run: {type(exc).__name__}: {exc}"})
+            show(results[-1])
+        write()
+        return
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
