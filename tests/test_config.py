@@ -183,6 +183,21 @@ def test_show_keys_lists_every_key(capsys):
     assert len(describe()) > 50
 
 
+def test_every_model_key_of_every_architecture_is_explained(capsys):
+    from mlip.nn.build import ARCHITECTURES, load_architectures
+    from mlip.nn.hyperparameters import hyperparameter_doc
+
+    load_architectures()
+    missing = [f"{a.name}.{k}" for a in ARCHITECTURES.values() for k in a.hyperparameters()
+               if not hyperparameter_doc(a.name, k)]
+    assert not missing, f"add these to mlip/nn/hyperparameters.py: {missing}"
+    assert main(["train", "--show-keys"]) == 0
+    out = capsys.readouterr().out
+    assert "model.correlation = 3  (mace)  # order of the symmetric contraction" in out
+    assert "model.l_max = 3  (mace)  # highest rotation order of the edge spherical harmonics" in out
+    assert "(also: max_ell)" in out and "passed to the model as is" not in out
+
+
 def test_schema_docs_exist():
     def walk(s):
         for k, v in s.items():

@@ -385,6 +385,7 @@ def _describe_model_section() -> List[str]:
     import inspect
 
     from mlip.nn.build import ARCHITECTURES, DEFAULT_ARCHITECTURE, load_architectures
+    from mlip.nn.hyperparameters import hyperparameter_doc
 
     load_architectures()
     lines = [f"model.architecture = {DEFAULT_ARCHITECTURE!r} [{', '.join(sorted(ARCHITECTURES))}]"]
@@ -393,8 +394,8 @@ def _describe_model_section() -> List[str]:
         for key in arch.hyperparameters():
             default = params[key].default
             upstream = sorted(k for k, v in arch.aliases.items() if v == key)
-            aka = f"  # also: {', '.join(upstream)}" if upstream else ""
-            lines.append(f"model.{key} = {default!r}  ({arch.name}){aka}")
+            aka = f" (also: {', '.join(upstream)})" if upstream else ""
+            lines.append(f"model.{key} = {default!r}  ({arch.name})  # {hyperparameter_doc(arch.name, key)}{aka}")
     return lines
 
 
