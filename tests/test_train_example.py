@@ -30,8 +30,8 @@ def test_example_config_trains_a_usable_model(tmp_path, monkeypatch, capsys):
     # within 15 %, no imaginary phonons in bulk Si, stable NVT at 300 K and 1200 K (1 ps here;
     # docs/validation.md has the 10 ps run). The vacancy energy is reported but not required.
     out_dir = tmp_path / "validate"
-    code = main(["validate", os.path.join(run, "best_model.pt"), "--dtype", "float64", "--md-temperatures", "300", "1200",
-                 "--md-time-ps", "1",
+    code = main(["validate", os.path.join(run, "best_model.pt"), "--dtype", "float64",
+                 "--md-temperatures", "300", "1200", "--md-time-ps", "1",
                  "--structures", "data/si_test.extxyz", "--index", "0", "--out", str(out_dir)])
     assert code in (0, 1)
     rows = json.load(open(out_dir / "results.json"))["rows"]

@@ -103,7 +103,7 @@ def test_absolute_distance_threshold(crystal):
 
 def test_a_hot_snapshot_cooling_under_the_thermostat_is_not_a_runaway(crystal):
     # A frame taken from a 1500 K run holds about 1500 K worth of potential energy above the
-    # minimum; started at 300 K it first heats itself (to roughly 900 K) while the thermostat drains
+    # minimum; started at 300 K it first heats itself (past 600 K) while the thermostat drains
     # the excess. That is not an unstable model: only a temperature still too high once the
     # thermostat has had its three relaxation times counts (hot starts are the norm for test sets
     # made of MD snapshots).

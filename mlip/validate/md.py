@@ -111,7 +111,8 @@ class _Stop(Exception):
 def md_stability(atoms, calc, temperature_K: float, time_ps: float, timestep_fs: float = 1.0,
                  friction_per_fs: float = 0.01, seed: int = 0, min_distance: Optional[float] = None,
                  distance_factor: float = 0.5, energy_jump: float = 0.1, temperature_factor: float = 2.0,
-                 startup_temperature_factor: float = 5.0, temperature_window_fs: float = 100.0, excerpt_path: Optional[str] = None,
+                 startup_temperature_factor: float = 5.0, temperature_window_fs: float = 100.0,
+                 excerpt_path: Optional[str] = None,
                  excerpt_before: int = 20, excerpt_after: int = 10, log=None,
                  log_every: int = 0) -> MDStabilityResult:
     """Langevin NVT of a copy of ``atoms`` at ``temperature_K`` for ``time_ps``; stops at the first
@@ -142,6 +143,7 @@ def md_stability(atoms, calc, temperature_K: float, time_ps: float, timestep_fs:
     # average over 20 fs of a healthy run stays far below twice the target
     min_window = max(1, window // 5)
     equilibrated = max(window, int(round(3.0 / friction_per_fs / timestep_fs)))
+    startup_factor = max(temperature_factor, startup_temperature_factor)  # the bound before then
     result = MDStabilityResult(float(temperature_K), steps, timestep_fs, n)
     times: List[float] = []
     temps: List[float] = []
@@ -186,8 +188,7 @@ def md_stability(atoms, calc, temperature_K: float, time_ps: float, timestep_fs:
                                       f"step (threshold {energy_jump} eV/atom)")
         elif len(temps) >= min_window:
             avg = float(np.mean(temps[-window:]))
-            factor = temperature_factor if step >= equilibrated else max(temperature_factor,
-                                                                         startup_temperature_factor)
+            factor = temperature_factor if step >= equilibrated else startup_factor
             if avg > factor * temperature_K:
                 failure = ("temperature", f"mean temperature of the last {min(window, len(temps)) * timestep_fs:.0f} "
                                           f"fs is {avg:.0f} K, above {factor:g} x {temperature_K:g} K")
