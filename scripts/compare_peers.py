@@ -84,6 +84,7 @@ class Settings:
     num_cutoff_basis: int = 5
     radial_MLP: Tuple[int, ...] = (64, 64, 64)
     readout_hidden: int = 16            # mace-torch --MLP_irreps 16x0e
+    mace_compat: bool = False           # mlip only: model.mace_compat (mace-torch's blocks and parameter count)
     # training
     dtype: str = "float64"
     batch_size: int = 5
@@ -119,6 +120,7 @@ MAPPING: List[Tuple[str, str, str, str]] = [
     ("num_cutoff_basis", "model.num_cutoff_basis (= cutoff_p)", "--num_cutoff_basis", "polynomial envelope p"),
     ("radial_MLP", "model.radial_MLP (= radial_hidden, radial_depth)", "--radial_MLP", ""),
     ("readout_hidden", "model.readout_hidden", "--MLP_irreps Nx0e", "last-layer readout MLP"),
+    ("mace_compat", "model.mace_compat (off by default)", "(mace-torch's own blocks)", "on: mlip reproduces mace-torch's blocks and parameter count; runs and results are named mlip_compat"),
     ("(fixed)", "architecture: mace (residual from layer 2)", "--model MACE --interaction RealAgnosticResidualInteractionBlock", "mace-torch makes the first layer non-residual itself"),
     ("(fixed)", "energy scale = force RMS (statistics)", "--scaling rms_forces_scaling", "mlip's scale is always the force RMS"),
     ("dtype", "dtype", "--default_dtype", ""),
@@ -170,7 +172,7 @@ def mlip_config(s: Settings, files: Mapping[str, Any], seed: int, epochs: int, r
                   "num_channels": s.num_channels, "max_L": s.max_L, "max_ell": s.max_ell,
                   "correlation": s.correlation, "num_radial_basis": s.num_radial_basis,
                   "num_cutoff_basis": s.num_cutoff_basis, "radial_MLP": [int(w) for w in s.radial_MLP],
-                  "readout_hidden": s.readout_hidden},
+                  "readout_hidden": s.readout_hidden, **({"mace_compat": True} if s.mace_compat else {})},
         "loss": {"energy_weight": s.energy_weight, "forces_weight": s.forces_weight, "stress_weight": 0.0,
                  "energy_per_atom": True, "type": "mse"},
         "optim": {"optimizer": "adam", "lr": s.lr, "weight_decay": s.weight_decay, "amsgrad": True,
@@ -223,6 +225,12 @@ def mace_args(s: Settings, files: Mapping[str, Any], seed: int, epochs: int, run
                  "--swa_energy_weight", repr(float(s.stage_two_energy_weight)),
                  "--swa_forces_weight", repr(float(s.stage_two_forces_weight))]
     return args
+
+
+def run_label(program: str, s: Settings) -> str:
+    """The name of a program's runs and result rows: mlip's ``mace_compat`` runs are kept apart
+    from its default runs, so both can sit next to one peer run in one work folder."""
+    return "mlip_compat" if program == "mlip" and s.mace_compat else program
 
 
 def mapping_table(s: Settings) -> str:
@@ -822,7 +830,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name in names:  # a program reused through --programs keeps the epochs it ran
             cpu = []
             for n in (a, b):
-                r = trainers[name](s, meta, args.seeds[0], n, os.path.join(work, f"calibrate_{name}_{n}"), args.threads,
+                r = trainers[name](s, meta, args.seeds[0], n, os.path.join(work, f"calibrate_{run_label(name, s)}_{n}"), args.threads,
                                    args.nice, stage_two=False)
                 cpu.append(r["cpu_s"])
             epochs_of[name], per_epoch, fixed = epochs_for_budget(budget, cpu[0], cpu[1], a, b)
@@ -835,7 +843,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for seed in args.seeds:
         per_program = {}
         for name in ("mlip", peer):
-            run_dir = os.path.join(work, f"{name}_seed{seed}")
+            run_dir = os.path.join(work, f"{run_label(name, s)}_seed{seed}")
             info_path = os.path.join(run_dir, "compare_run.json")
             if name in names:
                 t0 = time.time()
@@ -856,11 +864,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise SystemExit(f"--programs leaves out {name} but {info_path} does not exist")
             per_program[name] = info
             secs = [row["seconds"] for row in info["rows"] if not math.isnan(row["seconds"])]
-            results.append({"program": name, "seed": seed, "epochs": info["epochs"], "params": info["params"],
+            results.append({"program": run_label(name, s), "seed": seed, "epochs": info["epochs"], "params": info["params"],
                             "s_per_epoch": sum(secs) / len(secs) if secs else math.nan, "cpu_s": info["cpu_s"],
                             "wall_s": info["wall_s"], "tests": info["tests"]})
         all_epoch_rows += epoch_rows(seed, per_program["mlip"]["rows"], per_program[peer]["rows"])
-    res_dir = os.path.join(work, "results")
+    res_dir = os.path.join(work, "results_compat" if s.mace_compat else "results")
     os.makedirs(res_dir, exist_ok=True)
     header = [h.format(peer=peer) for h in EPOCH_HEADER]
     print("\nvalidation RMSE per epoch (E meV/atom, F meV/A; EMA weights; s = training seconds of the epoch)")

@@ -55,6 +55,18 @@ def test_mlip_config_is_valid_and_reads_maces_names():
     assert cfg["loss"]["energy_per_atom"] and cfg["loss"]["type"] == "mse"
 
 
+def test_mace_compat_reaches_mlip_and_names_its_runs_apart():
+    from mlip.train.config import validate
+
+    s = cp.Settings(mace_compat=True)
+    cfg = validate(cp.mlip_config(s, FILES, seed=3, epochs=12, run_dir="/w/mlip"), check_files=False)
+    assert cfg["model"]["mace_compat"] is True
+    assert "mace_compat" not in cp.mlip_config(cp.Settings(), FILES, seed=3, epochs=12, run_dir="/w/mlip")["model"]
+    assert cp.run_label("mlip", s) == "mlip_compat" and cp.run_label("mace", s) == "mace"
+    assert cp.run_label("mlip", cp.Settings()) == "mlip"
+    assert cp.settings_from_args(cp.build_parser().parse_args(["--mace-compat", "true"])).mace_compat is True
+
+
 def test_every_setting_reaches_both_programs():
     s = cp.Settings(num_channels=24, max_ell=2, correlation=2, radial_MLP=(32, 32), readout_hidden=8,
                     batch_size=7, lr=0.003, weight_decay=1e-6, clip_grad=5.0, energy_weight=2.0, forces_weight=50.0,

@@ -25,6 +25,7 @@ VARIANTS = {
     "c2-L2-l3": dict(correlation=2, max_L=2, l_max=3, num_interactions=2),
     "c3-L0-3layers": dict(correlation=3, max_L=0, l_max=2, num_interactions=3),
     "c3-so3": dict(correlation=3, max_L=1, l_max=2, num_interactions=2, parity=False),
+    "compat-c3-L1": dict(correlation=3, max_L=1, l_max=2, num_interactions=2, mace_compat=True),
 }
 
 
@@ -141,9 +142,10 @@ def test_nonlinear_readout_or_second_layer_raise_body_order():
 
 # ---- deployment ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("variant", ["c2-L2-l3", "compat-c3-L1"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_torchscript_matches_eager(dtype, rng, tmp_path):
-    model = _model("c2-L2-l3", dtype)
+def test_torchscript_matches_eager(dtype, variant, rng, tmp_path):
+    model = _model(variant, dtype)
     scripted = torch.jit.script(model)
     path = tmp_path / "mace.pt"
     torch.jit.save(scripted, str(path))

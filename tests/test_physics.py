@@ -29,6 +29,8 @@ if "mace" in ARCHITECTURES:
         "mace-c2-L2-l3": dict(correlation=2, max_L=2, l_max=3, num_interactions=2),
         "mace-c3-L0-3layers": dict(correlation=3, max_L=0, l_max=2, num_interactions=3),
         "mace-c3-so3": dict(correlation=3, max_L=1, l_max=2, num_interactions=2, parity=False),
+        # mace-torch's blocks: first-layer per-species map, redundant product-basis paths
+        "mace-compat-c3-L1": dict(correlation=3, max_L=1, l_max=2, num_interactions=2, mace_compat=True),
     }
     for _name, _cfg in _MACE_VARIANTS.items():
         CONFIGS[_name] = dict(architecture="mace", channels=6, r_max=R_MAX, **_cfg)

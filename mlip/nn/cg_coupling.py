@@ -53,12 +53,13 @@ def _coupling_trees(ls: Sequence[int], l_out: int) -> List[torch.Tensor]:
     return [t for t, j in states if j == l_out]
 
 
-def _symmetrise(t: torch.Tensor, nu: int) -> torch.Tensor:
-    """Average of t [M, D, ..., D] over the permutations of its nu input axes (1..nu)."""
+def symmetrise(t: torch.Tensor, nu: int) -> torch.Tensor:
+    """Average of t [M, D, ..., D, ...] over the permutations of its nu input axes (1..nu);
+    trailing axes (paths) are kept."""
     perms = list(itertools.permutations(range(1, nu + 1)))
     out = torch.zeros_like(t)
     for p in perms:
-        out += t.permute(0, *p)
+        out += t.permute(0, *p, *range(nu + 1, t.dim()))
     return out / len(perms)
 
 
@@ -80,7 +81,7 @@ def _coupling_basis_cached(irreps_in: Tuple[Irrep, ...], nu: int, ir_out: Irrep)
             full = torch.zeros((m,) + (d,) * nu, dtype=torch.float64)
             index = (slice(None),) + tuple(slice(*slices[i]) for i in combo)
             full[index] = tree.permute(nu, *range(nu))  # output axis first
-            v = _symmetrise(full, nu).reshape(-1)
+            v = symmetrise(full, nu).reshape(-1)
             norm0 = float(v.norm())
             if norm0 < 1e-12:
                 continue  # antisymmetric coupling: vanishes on symmetric products
@@ -103,3 +104,59 @@ def coupling_basis(irreps_in: Sequence[Irrep], nu: int, ir_out: Irrep) -> torch.
         raise ValueError("correlation order nu must be at least 1")
     return _coupling_basis_cached(tuple((int(l), int(p)) for l, p in irreps_in), int(nu),
                                   (int(ir_out[0]), int(ir_out[1]))).clone()
+
+
+# --------------------------------------------------------------------------------------------
+# mace-torch's redundant path set (``mace_compat``)
+# --------------------------------------------------------------------------------------------
+
+def _ordered_couplings(irreps_in: Tuple[Irrep, ...], nu: int) -> List[Tuple[Irrep, torch.Tensor]]:
+    """Every left-to-right coupling of an *ordered* nu-tuple of input irreps, with every
+    intermediate irrep: (irrep, tensor [2l+1, D, ..., D (nu times)]), stably sorted by irrep.
+
+    Each coupling step (J, p) x (l, q) -> (L, pq) uses the Wigner 3j symbol with the output
+    first, scaled by sqrt(2L + 1) (component normalisation). This is the path set, order and
+    normalisation that mace-torch 0.3's ``U_matrix_real`` builds (from e3nn's ``_wigner_nj``),
+    written here from that definition."""
+    from e3nn import o3
+
+    d = irreps_dim(irreps_in)
+    slices = irreps_slices(irreps_in)
+    eye = torch.eye(d, dtype=torch.float64)
+    paths: List[Tuple[Irrep, torch.Tensor]] = [(ir, eye[a:b]) for ir, (a, b) in zip(irreps_in, slices)]
+    for _ in range(1, nu):
+        nxt: List[Tuple[Irrep, torch.Tensor]] = []
+        for (l_left, p_left), left in paths:
+            left_flat = left.reshape(2 * l_left + 1, -1)  # [m_left, D^(k-1)]
+            for (l_right, p_right), (a, b) in zip(irreps_in, slices):
+                for l_out in range(abs(l_left - l_right), l_left + l_right + 1):
+                    w = o3.wigner_3j(l_out, l_left, l_right, dtype=torch.float64) * (2 * l_out + 1) ** 0.5
+                    c = torch.einsum("jk,ijl->ikl", left_flat, w)  # [m_out, D^(k-1), m_right]
+                    full = torch.zeros(2 * l_out + 1, left_flat.shape[1], d, dtype=torch.float64)
+                    full[:, :, a:b] = c
+                    nxt.append(((l_out, p_left * p_right), full.reshape((2 * l_out + 1,) + left.shape[1:] + (d,))))
+        paths = sorted(nxt, key=lambda item: item[0])  # stable: generation order within an irrep
+    return paths
+
+
+@lru_cache(maxsize=None)
+def _mace_paths_cached(irreps_in: Tuple[Irrep, ...], nu: int, ir_out: Irrep) -> torch.Tensor:
+    m = 2 * ir_out[0] + 1
+    d = irreps_dim(irreps_in)
+    tensors = [t for ir, t in _ordered_couplings(irreps_in, nu) if ir == ir_out]
+    if not tensors:
+        return torch.zeros((m,) + (d,) * nu + (0,), dtype=torch.float64)
+    return torch.stack(tensors, dim=-1)
+
+
+def mace_coupling_paths(irreps_in: Sequence[Irrep], nu: int, ir_out: Irrep) -> torch.Tensor:
+    """U [2L+1, D^nu..., K] (float64): mace-torch's path set for the symmetric contraction:
+    one path per coupling tree of every *ordered* tuple of input irreps (not symmetrised, not
+    orthogonalised). On a product of nu copies of one input only the symmetric part of each
+    path acts, so these K paths span the same maps as :func:`coupling_basis`'s, redundantly
+    (K is larger; some paths are zero or repeat others on symmetric inputs); a model that
+    learns one weight per path has mace-torch's parameter count and parametrisation."""
+    if nu < 1:
+        raise ValueError("correlation order nu must be at least 1")
+    return _mace_paths_cached(tuple((int(l), int(p)) for l, p in irreps_in), int(nu),
+                              (int(ir_out[0]), int(ir_out[1]))).clone()

@@ -13,7 +13,7 @@ from torch import nn
 from mlip.irreps import Irrep, e3nn_irreps, irreps_slices
 
 # mean-square of act(x) for x ~ N(0, 1); dividing by its square root keeps unit variance
-_SILU_GAIN = 1.0 / 0.3557 ** 0.5
+SILU_GAIN = 1.0 / 0.3557 ** 0.5
 _TANH_GAIN = 1.0 / 0.3943 ** 0.5
 _SIGMOID_GAIN = 1.0 / 0.2933 ** 0.5
 
@@ -30,7 +30,7 @@ class Gate(nn.Module):
         super().__init__()
         self.irreps_in = e3nn_irreps(gate_input_irreps(irreps_out), channels)
         self.irreps_out = e3nn_irreps(irreps_out, channels)
-        self.silu_gain, self.tanh_gain, self.sigmoid_gain = _SILU_GAIN, _TANH_GAIN, _SIGMOID_GAIN
+        self.silu_gain, self.tanh_gain, self.sigmoid_gain = SILU_GAIN, _TANH_GAIN, _SIGMOID_GAIN
         slices = irreps_slices(irreps_out)
         self.dim_out = slices[-1][1]
         # (kind, start, stop, gate index) for every output irrep, in order

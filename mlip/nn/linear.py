@@ -92,12 +92,17 @@ class SpeciesLinear(nn.Module):
 
     Computes the map for every species at once and picks each node's (cheap while the number
     of species is small, and free of per-node weight gathers).
+
+    ``species_fan_in``: normalise by 1/sqrt(C_in * num_types) instead of 1/sqrt(C_in), as e3nn's
+    fully connected tensor product of the features with a one-hot species vector does (the
+    form mace-torch uses).
     """
 
     def __init__(self, irreps_in: Sequence[Irrep], irreps_out: Sequence[Irrep], channels_in: int,
-                 channels_out: int, num_types: int):
+                 channels_out: int, num_types: int, species_fan_in: bool = False):
         super().__init__()
         self.num_types = num_types
+        self.out_scale = 1.0 / math.sqrt(num_types) if species_fan_in else 1.0
         self.channels_out = channels_out
         self.linear = IrrepsLinear(irreps_in, irreps_out, channels_in, channels_out * num_types, allow_missing=True)
         self.irreps_in = self.linear.irreps_in
@@ -106,7 +111,10 @@ class SpeciesLinear(nn.Module):
     def forward(self, x: torch.Tensor, atom_types: torch.Tensor, embedding: Optional[torch.Tensor] = None
                 ) -> torch.Tensor:
         """``embedding`` is accepted (and unused) for the same call as :class:`EmbeddingSelfConnection`."""
-        return pick_species(self.linear(x), atom_types, self.num_types, self.channels_out)
+        y = pick_species(self.linear(x), atom_types, self.num_types, self.channels_out)
+        if self.out_scale != 1.0:
+            y = y * self.out_scale
+        return y
 
 
 class EmbeddingSelfConnection(nn.Module):

@@ -17,6 +17,19 @@ Per layer t, for node i of species z_i with features h_i (irreps ``irreps_in``):
 E_i = scale[z_i] * sum_t readout_t(h_i^t) + shift[z_i] (the shifts are the E0s). Hidden
 features carry ``channels`` channels of the irreps l <= ``max_L`` of natural parity (0e, 1o,
 2e, ...; all even without ``parity``); the last layer only computes scalars.
+
+``mace_compat: true`` reproduces mace-torch 0.3's block structure, parameter count and
+initialisation where mlip's default differs (each difference is a choice, not a bug; the
+defaults are cheaper):
+
+* the first layer's A-basis passes through a per-species linear map (mace-torch's
+  ``skip_tp``), species x channels^2 weights per irrep of the A-basis;
+* the symmetric contraction learns one weight per path of mace-torch's redundant path set
+  (normal(0, 1)/K, no normalisation in the forward pass) instead of an independent basis;
+* per-species linear maps (``skip_tp``, the residual) are normalised by
+  1/sqrt(channels x species) and the species embedding by 1/sqrt(species), as e3nn's maps of
+  a one-hot species vector are; the readout MLP's SiLU is normalised (e3nn's Activation);
+* the Bessel frequencies are fixed and there is no trainable per-species energy offset.
 """
 
 import math
@@ -29,6 +42,7 @@ from mlip.data import keys as K
 from mlip.nn.build import radial_mlp_widths, register_architecture
 from mlip.nn.edges import EdgeEmbedding, last_layer_edges
 from mlip.nn.embedding import SpeciesEmbedding
+from mlip.nn.gate import SILU_GAIN
 from mlip.nn.heads import OutputHeads, has_heads, head_irreps
 from mlip.irreps import Irrep, e3nn_irreps, sh_irreps
 from mlip.nn.linear import IrrepsLinear, SpeciesLinear
@@ -59,7 +73,7 @@ class MACELayer(nn.Module):
     def __init__(self, irreps_in: Sequence[Irrep], irreps_sh: Sequence[Irrep], target_irreps: Sequence[Irrep],
                  channels: int, correlation: int, num_types: int, num_basis: int, radial_hidden: int,
                  radial_depth: int, avg_num_neighbors: float, residual: bool, readout: nn.Module,
-                 backend: str = "auto"):
+                 backend: str = "auto", mace_compat: bool = False):
         super().__init__()
         irreps_in = list(irreps_in)
         # atomic basis: the harmonics' irreps that the tensor product reaches
@@ -69,13 +83,19 @@ class MACELayer(nn.Module):
         self.message = MessagePassing(spec, channels, backend)
         self.radial_mlp = RadialMLP(num_basis, radial_hidden, radial_depth, spec.num_paths, channels)
         self.linear_a = IrrepsLinear(spec.irreps_out, a_irreps, channels, channels)
+        # mace-torch's first interaction maps the A-basis per species (its skip_tp)
+        self.species_a: Optional[SpeciesLinear] = (
+            SpeciesLinear(a_irreps, a_irreps, channels, channels, num_types, species_fan_in=True)
+            if mace_compat and not residual else None)
         out_irreps = reachable_outputs(a_irreps, target_irreps, correlation)
         if not out_irreps or out_irreps[0] != (0, 1):
             raise ValueError(f"MACE layer: the product basis of {a_irreps} must reach 0e first, got {out_irreps}")
-        self.product = SymmetricContraction(a_irreps, out_irreps, channels, correlation, num_types)
+        self.product = SymmetricContraction(a_irreps, out_irreps, channels, correlation, num_types,
+                                            paths="mace" if mace_compat else "independent")
         self.linear_out = IrrepsLinear(out_irreps, out_irreps, channels, channels)
-        self.residual: Optional[SpeciesLinear] = (SpeciesLinear(irreps_in, out_irreps, channels, channels, num_types)
-                                                  if residual else None)
+        self.residual: Optional[SpeciesLinear] = (
+            SpeciesLinear(irreps_in, out_irreps, channels, channels, num_types, species_fan_in=mace_compat)
+            if residual else None)
         self.readout = readout
         self.inv_avg_num_neighbors = 1.0 / float(avg_num_neighbors)
         self.a_irreps_list = a_irreps
@@ -83,18 +103,23 @@ class MACELayer(nn.Module):
         self.irreps_in = e3nn_irreps(irreps_in, channels)
         self.irreps_out = e3nn_irreps(out_irreps, channels)
 
-    def atomic_basis(self, x: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor,
-                     edge_index: torch.Tensor, edge_pair: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def atomic_basis(self, x: torch.Tensor, atom_types: torch.Tensor, edge_sh: torch.Tensor,
+                     edge_radial: torch.Tensor, edge_index: torch.Tensor,
+                     edge_pair: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``edge_radial`` per edge, or per pair of opposite edges with ``edge_pair`` [E] (the
         pair of each edge): the radial MLP then runs once per pair."""
         h = self.linear_up(x)
         weights = self.radial_mlp(edge_radial)
         msg = self.message(h, edge_sh, weights, edge_index, edge_pair) * self.inv_avg_num_neighbors
-        return self.linear_a(msg)
+        a = self.linear_a(msg)
+        species_a = self.species_a
+        if species_a is not None:
+            a = species_a(a, atom_types)
+        return a
 
     def forward(self, x: torch.Tensor, atom_types: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor,
                 edge_index: torch.Tensor, edge_pair: Optional[torch.Tensor] = None):
-        a = self.atomic_basis(x, edge_sh, edge_radial, edge_index, edge_pair)
+        a = self.atomic_basis(x, atom_types, edge_sh, edge_radial, edge_index, edge_pair)
         h = self.linear_out(self.product(a, atom_types))
         residual = self.residual
         if residual is not None:
@@ -132,7 +157,7 @@ class MACEModel(nn.Module):
                  atomic_energy_scales: Union[Sequence[float], float] = 1.0,
                  atomic_energy_shifts: Union[Sequence[float], float] = 0.0, message_backend: str = "auto",
                  dipole: bool = False, atomic_dipoles: bool = True, polarizability: bool = False,
-                 structure_output: str = "", atom_output: str = ""):
+                 structure_output: str = "", atom_output: str = "", mace_compat: bool = False):
         super().__init__()
         if num_interactions < 1:
             raise ValueError("num_interactions must be at least 1")
@@ -142,8 +167,9 @@ class MACEModel(nn.Module):
             raise ValueError(f"max_L must be between 0 and l_max={l_max}, got {max_L}")
         self.r_max = float(r_max)
         self.num_message_layers = num_interactions  # receptive field: num_interactions * r_max
-        self.embedding = SpeciesEmbedding(num_types, channels)
-        self.edges = EdgeEmbedding(r_max, num_bessel, cutoff_p, l_max)
+        self.mace_compat = bool(mace_compat)
+        self.embedding = SpeciesEmbedding(num_types, channels, scale=num_types ** -0.5 if mace_compat else 1.0)
+        self.edges = EdgeEmbedding(r_max, num_bessel, cutoff_p, l_max, trainable_bessel=not mace_compat)
         irreps_sh = sh_irreps(l_max, parity)
         hidden = sh_irreps(max_L, parity)  # natural parity: 0e, 1o, 2e, ... (all even for SO(3))
         layers: List[MACELayer] = []
@@ -154,15 +180,16 @@ class MACEModel(nn.Module):
         for t in range(num_interactions):
             last = t == num_interactions - 1
             target = last_target if last else hidden
-            readout: nn.Module = (ScalarReadout(channels, readout_hidden) if last and nonlinear_readout
-                                  else LinearReadout(channels))
+            readout: nn.Module = (ScalarReadout(channels, readout_hidden, act_gain=SILU_GAIN if mace_compat else 1.0)
+                                  if last and nonlinear_readout else LinearReadout(channels))
             layer = MACELayer(irreps, irreps_sh, target, channels, correlation, num_types, num_bessel, radial_hidden,
                               radial_depth, avg_num_neighbors, residual=t > 0, readout=readout,
-                              backend=message_backend)
+                              backend=message_backend, mace_compat=mace_compat)
             irreps = layer.out_irreps_list
             layers.append(layer)
         self.layers = nn.ModuleList(layers)
-        self.scale_shift = ScaleShift(num_types, atomic_energy_scales, atomic_energy_shifts)
+        self.scale_shift = ScaleShift(num_types, atomic_energy_scales, atomic_energy_shifts,
+                                      trainable_correction=not mace_compat)
         self.irreps_out = "1x0e"
         # created last, and only when asked for: an energy-only model draws nothing more
         self.heads: Optional[OutputHeads] = None

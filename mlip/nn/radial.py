@@ -6,18 +6,23 @@ from typing import List
 import torch
 from torch import nn
 
+from mlip.nn.gate import SILU_GAIN
 from mlip.ops.silu import silu_gain
 
 
 class BesselBasis(nn.Module):
-    """sqrt(2 / r_max) * sin(n pi r / r_max) / r for n = 1..num_basis, frequencies trainable."""
+    """sqrt(2 / r_max) * sin(n pi r / r_max) / r for n = 1..num_basis; the frequencies are
+    trainable parameters, or a fixed buffer with ``trainable=False`` (mace-torch's choice)."""
 
     def __init__(self, r_max: float, num_basis: int = 8, trainable: bool = True):
         super().__init__()
         self.r_max = float(r_max)
         self.prefactor = math.sqrt(2.0 / self.r_max)
         freqs = torch.arange(1, num_basis + 1, dtype=torch.get_default_dtype()) * math.pi / self.r_max
-        self.frequencies = nn.Parameter(freqs, requires_grad=trainable)
+        if trainable:
+            self.frequencies = nn.Parameter(freqs)
+        else:  # same state-dict key either way
+            self.register_buffer("frequencies", freqs)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:  # [E] -> [E, num_basis]
         r = r.unsqueeze(-1)
@@ -70,7 +75,7 @@ class RadialMLP(nn.Module):
         self.weights = nn.ParameterList([nn.Parameter(torch.randn(a, b)) for a, b in zip(sizes[:-1], sizes[1:])])
         self.scales = [1.0 / math.sqrt(a) for a in sizes[:-1]]
         # SiLU has mean-square ~0.36 for unit input; rescale to keep unit variance layer to layer
-        self.act_gain = 1.0 / math.sqrt(0.3557)
+        self.act_gain = SILU_GAIN
         self.num_paths = num_paths
         self.channels = channels
 

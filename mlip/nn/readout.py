@@ -8,13 +8,18 @@ from torch import nn
 
 
 class ScalarReadout(nn.Module):
-    """Even scalars [N, C] -> per-atom energy [N, 1] through a small MLP (C -> hidden -> 1)."""
+    """Even scalars [N, C] -> per-atom energy [N, 1] through a small MLP (C -> hidden -> 1).
 
-    def __init__(self, channels: int, hidden: int = 16):
+    ``act_gain`` multiplies the SiLU (1: plain; e3nn's normalised SiLU, which mace-torch's
+    readout uses, is about 1.68)."""
+
+    def __init__(self, channels: int, hidden: int = 16, act_gain: float = 1.0):
         super().__init__()
         self.w1 = nn.Parameter(torch.randn(channels, hidden))
         self.w2 = nn.Parameter(torch.randn(hidden, 1))
         self.s1, self.s2 = 1.0 / math.sqrt(channels), 1.0 / math.sqrt(hidden)
+        if act_gain != 1.0:  # folded into the second layer's scale: (silu(x) * g) @ (w2 * s2)
+            self.s2 = self.s2 * float(act_gain)
         self.irreps_in = f"{channels}x0e"
         self.irreps_out = "1x0e"
 
@@ -30,11 +35,12 @@ class ScaleShift(nn.Module):
     is a trainable per-species offset (eV, starts at 0): the untrained readout has a non-zero
     mean, and when forces dominate the loss the energy gradient reaching the network is too weak
     to remove that constant quickly. Adam moves this parameter by about ``lr`` per step whatever
-    the loss weights, so the offset goes in a few hundred steps.
+    the loss weights, so the offset goes in a few hundred steps. ``trainable_correction=False``
+    keeps it at zero, as a buffer (mace-torch has no such parameter).
     """
 
     def __init__(self, num_types: int, scales: Union[Sequence[float], float] = 1.0, shifts: Union[Sequence[float], float] = 0.0,
-                 ):
+                 trainable_correction: bool = True):
         super().__init__()
         sc = torch.as_tensor(scales, dtype=torch.float64).expand(num_types).clone()
         sh = torch.as_tensor(shifts, dtype=torch.float64).expand(num_types).clone()
@@ -42,7 +48,10 @@ class ScaleShift(nn.Module):
         # (build the model with mlip.nn.build_model(dtype=...) rather than .to(dtype), which would cast them)
         self.register_buffer("scales", sc)
         self.register_buffer("shifts", sh)
-        self.correction = nn.Parameter(torch.zeros(num_types, dtype=torch.float64))
+        if trainable_correction:
+            self.correction = nn.Parameter(torch.zeros(num_types, dtype=torch.float64))
+        else:  # same state-dict key either way
+            self.register_buffer("correction", torch.zeros(num_types, dtype=torch.float64))
 
     def forward(self, atomic_energy: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         e = atomic_energy.to(torch.float64)

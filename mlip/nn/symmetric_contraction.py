@@ -22,6 +22,14 @@ uses (all orders together, about D^nu / nu! of them instead of D^nu), the whole 
 one gather-multiply per factor and one batched matmul per species.
 :meth:`SymmetricContraction.multilinear` evaluates the definition with the dense U instead
 (the tests compare the two).
+
+Path sets. ``paths="independent"`` (default) uses :func:`~mlip.nn.cg_coupling.coupling_basis`,
+a linearly independent basis, with weights normal(0, 1) and the 1/sqrt(K) normalisation in the
+forward pass. ``paths="mace"`` uses mace-torch's redundant set
+(:func:`~mlip.nn.cg_coupling.mace_coupling_paths`, symmetrised here because only the
+symmetric part acts) with mace-torch's parametrisation: weights normal(0, 1) / K at
+initialisation and no normalisation in the forward pass. Both span the same functions; they
+differ in parameter count and in how a gradient step moves the function.
 """
 
 import itertools
@@ -32,7 +40,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
-from mlip.nn.cg_coupling import coupling_basis
+from mlip.nn.cg_coupling import coupling_basis, mace_coupling_paths, symmetrise
 from mlip.irreps import Irrep, e3nn_irreps, irreps_dim, irreps_slices
 
 
@@ -40,11 +48,15 @@ class SymmetricContraction(nn.Module):
     """A [N, D_in, C] (irreps ``irreps_in``) -> B [N, D_out, C] (irreps ``irreps_out``), species-dependent.
 
     Every output irrep needs at least one path at some order (see :func:`reachable_outputs`).
-    Parameters: ``weight`` [num_types, K_total, C], K_total = number of (output, order, path)."""
+    Parameters: ``weight`` [num_types, K_total, C], K_total = number of (output, order, path);
+    ``paths``: "independent" or "mace" (see the module docstring)."""
 
     def __init__(self, irreps_in: Sequence[Irrep], irreps_out: Sequence[Irrep], channels: int, correlation: int,
-                 num_types: int):
+                 num_types: int, paths: str = "independent"):
         super().__init__()
+        if paths not in PATH_SETS:
+            raise ValueError(f"symmetric contraction: paths must be one of {sorted(PATH_SETS)}, got {paths!r}")
+        self.path_set = paths
         if not 1 <= correlation <= 4:
             raise ValueError(f"correlation must be between 1 and 4, got {correlation}")
         irreps_in, irreps_out = list(irreps_in), list(irreps_out)
@@ -57,15 +69,16 @@ class SymmetricContraction(nn.Module):
         # (output index, nu, first weight row, K, normalisation): the layout of ``weight``
         paths: List[Tuple[int, int, int, int, float]] = []
         k_total = 0
+        mace = self.path_set == "mace"
         for o, ir in enumerate(irreps_out):
             k_out = 0
             for nu in range(1, correlation + 1):
-                u = coupling_basis(irreps_in, nu, ir)
+                u = self.path_tensor(irreps_in, nu, ir)
                 k = u.shape[-1]
                 if k == 0:
                     continue
                 blocks.append((o, nu, u.reshape(2 * ir[0] + 1, d ** nu, k)))
-                paths.append((o, nu, k_total, k, 1.0 / math.sqrt(k)))
+                paths.append((o, nu, k_total, k, 1.0 if mace else 1.0 / math.sqrt(k)))
                 k_total += k
                 k_out += k
             if k_out == 0:
@@ -108,8 +121,17 @@ class SymmetricContraction(nn.Module):
         self.register_buffer("u_all", u_all.reshape(self.dim_out * len(monomials), k_total)
                              .to(torch.get_default_dtype()), persistent=False)
         self.weight = nn.Parameter(torch.randn(num_types, k_total, channels))
+        if mace:  # mace-torch initialises each order's weights as normal(0, 1) / K
+            with torch.no_grad():
+                for _, _, k0, k, _ in paths:
+                    self.weight[:, k0:k0 + k] /= k
         self.irreps_in = e3nn_irreps(irreps_in, channels)
         self.irreps_out = e3nn_irreps(irreps_out, channels)
+
+    @torch.jit.unused
+    def path_tensor(self, irreps_in: Sequence[Irrep], nu: int, ir: Irrep) -> torch.Tensor:
+        """U [2L+1, D^nu..., K] of this module's path set, symmetric in its nu input axes."""
+        return PATH_SETS[self.path_set](irreps_in, nu, ir)
 
     def monomials(self, a: torch.Tensor) -> torch.Tensor:
         """[N, D, C] -> [N, T, C]: the products A_{i_1} ... A_{i_nu} of every used sorted tuple."""
@@ -153,11 +175,17 @@ class SymmetricContraction(nn.Module):
         for o, nu_p, k0, k, norm in self.paths:
             if nu_p != nu:
                 continue
-            u = coupling_basis(self.irreps_in_list, nu, self.irreps_out_list[o]).to(xs[0].dtype)
+            u = self.path_tensor(self.irreps_in_list, nu, self.irreps_out_list[o]).to(xs[0].dtype)
             w = self.weight[atom_types, k0:k0 + k].to(xs[0].dtype) * norm  # [N, K, C]
             a, b = out_slices[o]
             out[:, a:b] = out[:, a:b] + torch.einsum(spec, u, *xs, w)
         return out
+
+
+PATH_SETS = {
+    "independent": coupling_basis,
+    "mace": lambda irreps_in, nu, ir: symmetrise(mace_coupling_paths(irreps_in, nu, ir), nu),
+}
 
 
 def reachable_outputs(irreps_in: Sequence[Irrep], candidates: Sequence[Irrep], correlation: int) -> List[Irrep]:
