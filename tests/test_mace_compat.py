@@ -173,47 +173,97 @@ def test_compat_round_trips_through_a_model_file(tmp_path, rng):
 PEER_PYTHON = os.path.join(os.environ.get("MLIP_PEERS", os.path.expanduser("~/.cache/mlip-peers")), "mace", "bin",
                            "python")
 
-_PEER_SCRIPT = r"""
-import json, sys
-import numpy as np, torch
-from e3nn import o3
-from mace import modules
-from mace.tools import cg
-torch.set_default_dtype(torch.float64)
-channels = int(sys.argv[1])
-model = modules.ScaleShiftMACE(
-    r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=3,
-    interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-    interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
-    num_interactions=2, num_elements=4, hidden_irreps=o3.Irreps(f"{channels}x0e+{channels}x1o"),
-    MLP_irreps=o3.Irreps("16x0e"), atomic_energies=np.zeros(4), avg_num_neighbors=10.0,
-    atomic_numbers=[1, 6, 7, 8], correlation=3, gate=torch.nn.functional.silu, radial_MLP=[16, 16, 16],
-    atomic_inter_scale=1.0, atomic_inter_shift=0.0)
-blocks = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
-paths = {}
-for out in ["0e", "1o"]:
-    for nu in (1, 2, 3):
-        u = cg.U_matrix_real(o3.Irreps("0e+1o+2e+3o"), o3.Irreps(out), nu, dtype=torch.float64)[-1]
-        paths[f"{out}{nu}"] = u.reshape(-1, u.shape[-1]).tolist()
-print(json.dumps({"blocks": blocks, "paths": paths}))
-"""
+
+def _e3nn_linear(flat, irreps_in, irreps_out, mul_in, mul_out):
+    """e3nn's o3.Linear flat weight (one [mul_in, mul_out] block per pair of equal input and
+    output irreps, input-major) as mlip's IrrepsLinear weights: per output irrep, the blocks of
+    its input copies stacked in input order."""
+    blocks, k = {}, 0
+    for ir_in in irreps_in:
+        for o, ir_out in enumerate(irreps_out):
+            if ir_in == ir_out:
+                blocks.setdefault(o, []).append(flat[k:k + mul_in * mul_out].reshape(mul_in, mul_out))
+                k += mul_in * mul_out
+    assert k == flat.numel()
+    return [torch.cat(blocks[o], 0) for o in sorted(blocks)]
+
+
+def _set_linear(linear, flat, irreps_in, irreps_out, mul_in, mul_out):
+    weights = _e3nn_linear(flat, irreps_in, irreps_out, mul_in, mul_out)
+    assert [w.shape for w in weights] == [p.shape for p in linear.weights]
+    for p, w in zip(linear.weights, weights):
+        p.copy_(w)
+
+
+def _load_mace_torch_weights(model, ref, channels, num_types):
+    """Copy a mace-torch MACE's weights (``ref``: the arrays of tests/data/mace_torch_model.py)
+    into mlip's ``mace_compat`` model of the same settings."""
+    state = {k[len("state/"):]: torch.tensor(ref[k]) for k in ref.files if k.startswith("state/")}
+    a_irreps = sh_irreps(3, True)
+    C, S = channels, num_types
+    model.embedding.weight.copy_(state["node_embedding.linear.weight"].reshape(S, C))
+    for t, layer in enumerate(model.layers):
+        pre, node = f"interactions.{t}.", [tuple(x) for x in ref[f"node_irreps_{t}"]]
+        mid = [tuple(x) for x in ref[f"mid_irreps_{t}"]]
+        _set_linear(layer.linear_up, state[pre + "linear_up.weight"], node, node, C, C)
+        # radial MLP: the last layer's columns go from mace-torch's path order to mlip's
+        key_of = [(i1, i2, mid[io][0]) for i1, i2, io in ref[f"instructions_{t}"]]
+        for k, w in enumerate(layer.radial_mlp.weights):
+            src = state[pre + f"conv_tp_weights.layer{k}.weight"]
+            if k == len(layer.radial_mlp.weights) - 1:
+                order = [key_of.index((p.i_in, p.i_sh, p.l_out)) for p in layer.message.spec.paths]
+                src = torch.cat([src[:, j * C:(j + 1) * C] for j in order], 1)
+            w.copy_(src)
+        _set_linear(layer.linear_a, state[pre + "linear.weight"], mid, a_irreps, C, C)
+        if layer.species_a is not None:  # first layer: skip_tp maps the A-basis per species
+            _set_linear(layer.species_a.linear, state[pre + "skip_tp.weight"], a_irreps, a_irreps, C, S * C)
+        if layer.residual is not None:  # later layers: skip_tp is the residual
+            _set_linear(layer.residual.linear, state[pre + "skip_tp.weight"], node, layer.out_irreps_list, C, S * C)
+        pre, rows = f"products.{t}.", []
+        for o, ir in enumerate(layer.out_irreps_list):
+            c = pre + f"symmetric_contractions.contractions.{o}."
+            weights = {3: state[c + "weights_max"], 2: state[c + "weights.0"], 1: state[c + "weights.1"]}
+            for nu in (1, 2, 3):
+                u_mine = mace_coupling_paths(a_irreps, nu, ir)
+                k = u_mine.shape[-1]
+                u_peer = state[c + f"U_matrix_{nu}"].reshape(u_mine.shape)
+                # the same paths in the same order; a path may differ in sign (e3nn 0.4 and 0.6
+                # choose different signs for some Wigner 3j symbols): its weight then flips too
+                sign = torch.where((u_mine - u_peer).reshape(-1, k).abs().amax(0) < 1e-12, 1.0, -1.0)
+                assert torch.allclose(u_mine * sign, u_peer, atol=1e-12, rtol=0), (t, ir, nu)
+                rows.append(weights[nu] * sign.view(1, k, 1))
+        layer.product.weight.copy_(torch.cat(rows, 1))
+        _set_linear(layer.linear_out, state[pre + "linear.weight"], layer.out_irreps_list, layer.out_irreps_list,
+                    C, C)
+    model.layers[0].readout.weight.copy_(state["readouts.0.linear.weight"].reshape(C, 1))
+    model.layers[1].readout.w1.copy_(state["readouts.1.linear_1.weight"].reshape(C, -1))
+    model.layers[1].readout.w2.copy_(state["readouts.1.linear_2.weight"].reshape(-1, 1))
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(PEER_PYTHON), reason="no mace-torch environment (../shared/bench/setup_peers.sh)")
-def test_matches_mace_torch_block_by_block():
-    channels = 8
-    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")  # e3nn 0.4's constants file
-    out = subprocess.run([PEER_PYTHON, "-c", _PEER_SCRIPT, str(channels)], capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    peer = json.loads(out.stdout.strip().splitlines()[-1])
-    blocks = peer["blocks"]
+def test_computes_what_mace_torch_computes(tmp_path):
+    """mace-torch's weights, loaded into mlip's compat model block by block, give mace-torch's
+    energy and forces: the same blocks, parameter counts, normalisations and paths."""
+    from ase import Atoms
 
-    def peer_count(prefix):
-        return sum(n for name, n in blocks.items() if name.startswith(prefix + "."))
+    from mlip.data import collate, frame_to_graph, frames_from_atoms_list, TypeMapper
+    from mlip.data import keys as K
 
-    model = _mace_model(channels, True).energy_model
+    channels, types = 4, ["H", "C", "N", "O"]
+    out = tmp_path / "mace_torch.npz"
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")  # e3nn 0.4 loads its constants by pickle
+    script = os.path.join(os.path.dirname(__file__), "data", "mace_torch_model.py")
+    run = subprocess.run([PEER_PYTHON, script, str(channels), "0", str(out)], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ref = np.load(out)
+    pot = build_model(dict(architecture="mace", r_max=4.0, num_interactions=2, channels=channels, max_L=1, l_max=3,
+                           correlation=3, num_bessel=8, cutoff_p=5, radial_hidden=16, radial_depth=3,
+                           readout_hidden=16, avg_num_neighbors=3.0, atomic_energy_scales=1.3,
+                           atomic_energy_shifts=[-13.6, -1029.0, -1484.0, -2041.0], mace_compat=True),
+                      types, torch.float64)
+    model = pot.energy_model
     first, second = model.layers
     mine = {
         "node_embedding": model.embedding,
@@ -226,15 +276,17 @@ def test_matches_mace_torch_block_by_block():
         "products.1.symmetric_contractions": second.product, "products.1.linear": second.linear_out,
         "readouts.1": second.readout,
     }
-    assert {prefix: peer_count(prefix) for prefix in mine} == {prefix: _count(m) for prefix, m in mine.items()}
-    assert sum(blocks.values()) == _count(model)
-    # the same path tensors, in the same order; a path may differ in sign (e3nn 0.4 and 0.6
-    # choose different signs for some Wigner 3j symbols)
-    a_irreps = sh_irreps(3, True)
-    for key, u_peer in peer["paths"].items():
-        ir = (0, 1) if key.startswith("0e") else (1, -1)
-        u_mine = mace_coupling_paths(a_irreps, int(key[-1]), ir).reshape(-1, len(u_peer[0]))
-        u_peer = torch.tensor(u_peer, dtype=torch.float64).reshape(u_mine.shape)
-        same = (u_mine - u_peer).abs().amax(0) < 1e-12
-        flipped = (u_mine + u_peer).abs().amax(0) < 1e-12
-        assert bool((same | flipped).all()), key
+    numel = {k[len("numel/"):]: int(ref[k]) for k in ref.files if k.startswith("numel/")}
+    peer_blocks = {prefix: sum(n for name, n in numel.items() if name.startswith(prefix + ".")) for prefix in mine}
+    assert peer_blocks == {prefix: _count(m) for prefix, m in mine.items()}
+    assert sum(numel.values()) == _count(pot)
+
+    with torch.no_grad():
+        _load_mace_torch_weights(model, ref, channels, len(types))
+    atoms = Atoms(numbers=ref["numbers"], positions=ref["positions"])
+    graph = collate([frame_to_graph(f, TypeMapper(types), 4.0, torch.float64) for f in frames_from_atoms_list([atoms])])
+    result = pot(graph, compute_forces=True)
+    energy, forces = float(result[K.TOTAL_ENERGY].detach()), result[K.FORCES].detach().numpy()
+    assert abs(energy - float(ref["energy"][0])) < 1e-9  # of -7.6e3 eV: the last digits
+    assert float(np.abs(ref["forces"]).max()) > 0.01  # forces of a size that the tolerance below resolves
+    np.testing.assert_allclose(forces, ref["forces"], rtol=0, atol=1e-12)

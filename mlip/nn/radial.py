@@ -69,13 +69,14 @@ class RadialMLP(nn.Module):
     convention), so initial outputs have unit variance whatever the width.
     """
 
-    def __init__(self, num_basis: int, hidden: int, depth: int, num_paths: int, channels: int):
+    def __init__(self, num_basis: int, hidden: int, depth: int, num_paths: int, channels: int,
+                 act_gain: float = SILU_GAIN):
         super().__init__()
         sizes: List[int] = [num_basis] + [hidden] * depth + [num_paths * channels]
         self.weights = nn.ParameterList([nn.Parameter(torch.randn(a, b)) for a, b in zip(sizes[:-1], sizes[1:])])
         self.scales = [1.0 / math.sqrt(a) for a in sizes[:-1]]
         # SiLU has mean-square ~0.36 for unit input; rescale to keep unit variance layer to layer
-        self.act_gain = SILU_GAIN
+        self.act_gain = float(act_gain)
         self.num_paths = num_paths
         self.channels = channels
 
