@@ -778,6 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--programs", nargs="+", choices=["mlip", "peer"], default=["mlip", "peer"],
                    help="train only these (the other's run folder is reused if it exists)")
     p.add_argument("--show-mapping", action="store_true", help="print the settings table and exit")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: print and write the tables of the finished runs of --seeds in --work")
     for f in dataclasses.fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "radial_MLP":
@@ -820,7 +822,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"data: {len(meta['train_indices'])} train / {len(meta['valid_indices'])} valid from {meta['source']} "
           f"(split seed {args.split_seed}); tests {', '.join(test_names)}; E0s {meta['e0_method']}")
     trainers = {"mlip": train_mlip, peer: TRAINERS[peer]}
-    names = [("mlip" if p == "mlip" else peer) for p in args.programs]
+    names = [] if args.report_only else [("mlip" if p == "mlip" else peer) for p in args.programs]
     budget = None
     epochs_of = {name: epochs for name in ("mlip", peer)}
     calibration = {}
@@ -861,7 +863,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 with open(info_path) as fh:
                     info = json.load(fh)
             else:
-                raise SystemExit(f"--programs leaves out {name} but {info_path} does not exist")
+                raise SystemExit(f"no finished {run_label(name, s)} run of seed {seed} in {work} ({info_path} is missing): "
+                                 "train it, or leave it out with --programs")
             per_program[name] = info
             secs = [row["seconds"] for row in info["rows"] if not math.isnan(row["seconds"])]
             results.append({"program": run_label(name, s), "seed": seed, "epochs": info["epochs"], "params": info["params"],

@@ -341,3 +341,14 @@ def test_main_end_to_end_with_stand_in_programs(tmp_path, rng, monkeypatch, caps
     assert cp.main(again) == 0 and calls == [("mace", 2, None)]
     summary = json.loads((work / "results" / "summary.json").read_text())
     assert [r["epochs"] for r in summary["results"]] == [10, 2]  # mlip's run reused as it was
+    # --report-only trains nothing and rewrites the tables of the finished runs
+    calls.clear()
+    (work / "results" / "summary.json").unlink()
+    assert cp.main(["--report-only", "--work", str(work), "--n-train", "6", "--n-valid", "3", "--data-root", str(root),
+                    "--batch-size", "3"]) == 0 and calls == []
+    summary = json.loads((work / "results" / "summary.json").read_text())
+    assert [r["epochs"] for r in summary["results"]] == [10, 2]
+    # a compat report needs compat runs
+    with pytest.raises(SystemExit, match="no finished mlip_compat run of seed 1"):
+        cp.main(["--report-only", "--mace-compat", "true", "--work", str(work), "--n-train", "6", "--n-valid", "3",
+                 "--data-root", str(root), "--batch-size", "3"])
