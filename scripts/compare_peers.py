@@ -33,7 +33,25 @@ recorded. Outputs in ``WORK/results``: ``epochs.csv``, ``final.csv``, ``valid_fo
 ``summary.json``; the runs in ``WORK/<program>_seed<S>``.
 
 The peers' environments come from ``../shared/bench/setup_peers.sh`` (``~/.cache/mlip-peers``
-or ``$MLIP_PEERS``). ``--peer nequip`` (NequIP 0.19) is not implemented yet.
+or ``$MLIP_PEERS``).
+
+``--peer nequip`` (NequIP 0.19, ``nequip-train`` with a generated Hydra config
+``nequip_config.yaml`` in its run folder) compares mlip's ``architecture: nequip`` with
+``NequIPGNNModel`` (:class:`NequIPSettings`, ``--show-mapping --peer nequip``). What differs from
+the mace path:
+
+* energy scale and ``avg_num_neighbors`` are computed once here from the training split (the RMS
+  of the force components; directed edges per atom within ``r_max`` by mlip's neighbour list)
+  and given explicitly to both programs;
+* NequIP normalises its loss coefficients to sum to 1, so its loss and gradients are mlip's
+  divided by ``S = energy_weight + forces_weight``: its gradient-clip threshold, Adam ``eps`` and
+  L2 weight decay are divided by ``S`` as well, which makes its Adam/AMSGrad steps and clipping
+  those of mlip's loss (the plateau schedule's relative threshold does not see the factor);
+* no stage two: NequIP has no switch of the learning rate to a constant at an epoch (its
+  ``LossCoefficientScheduler`` changes only the normalised loss coefficients), so stage two is off
+  for both programs and ``--stage-two true`` is refused;
+* the model scored is the EMA weights of the last epoch (``checkpoints/last_epoch.ckpt``, loaded with the
+  EMA weights by NequIP's own checkpoint loader); per-epoch errors from Lightning's CSV logger.
 """
 from __future__ import annotations
 
@@ -147,6 +165,76 @@ MAPPING: List[Tuple[str, str, str, str]] = [
 ]
 
 
+@dataclasses.dataclass
+class NequIPSettings(Settings):
+    """``--peer nequip``: the shared training settings of :class:`Settings` (``r_max``,
+    ``readout_hidden`` and the training block) and NequIP's model hyperparameters. The defaults
+    are ``NequIPGNNModel``'s own (0.19), except the readout, which mlip's ``architecture: nequip``
+    has as one hidden layer of ``readout_hidden`` (NequIP's default is linear), and stage two,
+    which NequIP cannot do."""
+
+    num_layers: int = 4                 # NequIPGNNModel default 4
+    num_features: int = 32              # default 32 (every irrep)
+    l_max: int = 1                      # default 1
+    parity: bool = True                 # default True
+    num_bessels: int = 8                # default 8
+    polynomial_cutoff_p: int = 6        # default 6
+    radial_mlp_width: int = 128         # default 128
+    radial_mlp_depth: int = 1           # default 1
+    self_connection: str = "embedding"  # mlip only: NequIP's bilinear (features x type embedding) self-connection
+    stage_two: bool = False             # no NequIP counterpart (refused when asked for)
+
+
+SMOKE_NEQUIP = dict(num_layers=2, num_features=8, radial_mlp_width=16, readout_hidden=8)
+NEQUIP_ONLY = tuple(f.name for f in dataclasses.fields(NequIPSettings)
+                    if f.name not in {g.name for g in dataclasses.fields(Settings)})
+MACE_MODEL_ONLY = ("num_channels", "max_L", "max_ell", "correlation", "num_interactions", "num_radial_basis",
+                   "num_cutoff_basis", "radial_MLP", "mace_compat")
+STAGE_TWO_KEYS = ("stage_two_lr", "stage_two_energy_weight", "stage_two_forces_weight")
+
+# (setting, mlip config key, NequIP 0.19 config key, note): --show-mapping --peer nequip
+NEQUIP_MAPPING: List[Tuple[str, str, str, str]] = [
+    ("split", "data.train_file, data.valid_file", "data: ASEDataModule train_file_path, val_file_path", "the same two files; no internal split"),
+    ("labels", "data.keys.energy/forces = REF_energy/REF_forces", "data.key_mapping {REF_energy: total_energy, REF_forces: forces}", "written into the split files"),
+    ("E0s", "data.E0s: {symbol: eV} (-> atomic_energy_shifts)", "model.per_type_energy_shifts: {symbol: eV}", "one mapping, from split.json; fixed (not trained) in both"),
+    ("(data)", "model.atomic_energy_scales: force RMS (one float)", "model.per_type_energy_scales: force RMS (one float)", "RMS of the training force components, computed here once; fixed in both"),
+    ("(data)", "model.avg_num_neighbors", "model.avg_num_neighbors (one float)", "directed edges per atom within r_max in the training split (mlip's neighbour list), computed here once; both divide messages by its square root"),
+    ("(fixed)", "type names: species of the training split", "model.type_names, ChemicalSpeciesToAtomTypeMapper", "sorted by Z"),
+    ("num_layers", "model.num_layers", "model.num_layers", "NequIP default 4"),
+    ("num_features", "model.channels (= num_features)", "model.num_features", "NequIP default 32"),
+    ("l_max", "model.l_max", "model.l_max", "features and edge harmonics; NequIP default 1"),
+    ("parity", "model.parity", "model.parity", "NequIP default true (0e+0o+1e+1o for l_max 1)"),
+    ("r_max", "model.r_max", "model.r_max, NeighborListTransform.r_max", "Angstrom"),
+    ("num_bessels", "model.num_bessel (= num_bessels)", "model.num_bessels", "NequIP default 8 (fixed frequencies)"),
+    ("polynomial_cutoff_p", "model.cutoff_p (= polynomial_cutoff_p)", "model.polynomial_cutoff_p", "NequIP default 6"),
+    ("radial_mlp_width", "model.radial_hidden (= radial_mlp_width)", "model.radial_mlp_width", "NequIP default 128"),
+    ("radial_mlp_depth", "model.radial_depth (= radial_mlp_depth)", "model.radial_mlp_depth", "hidden layers; NequIP default 1"),
+    ("readout_hidden", "model.readout_hidden", "model.readout_mlp_hidden_layers_depth: 1, _width", "one SiLU hidden layer, no bias, both; NequIP's default is a linear readout (depth 0), which mlip's nequip has not"),
+    ("self_connection", "model.self_connection", "(fixed: bilinear features x type embedding, layers 2+)", "'embedding' is NequIP's form; mlip keeps a per-species linear in layer 1, where NequIP has none"),
+    ("(fixed)", "architecture: nequip", "model: nequip.model.NequIPGNNModel (compile_mode eager)", ""),
+    ("dtype", "dtype", "model.model_dtype (global dtype float64)", ""),
+    ("batch_size", "data.batch_size", "train_dataloader.batch_size (shuffle: true)", "both keep a last partial batch"),
+    ("valid_batch_size", "data.valid_batch_size", "val_dataloader.batch_size", "no effect on results"),
+    ("lr", "optim.lr", "optimizer: torch.optim.Adam lr", ""),
+    ("(fixed)", "optim.optimizer: adam, optim.amsgrad: true", "optimizer.amsgrad: true, betas [0.9, 0.999]", ""),
+    ("(loss norm)", "loss = wE * L_E + wF * L_F", "weighted_sum = (wE * L_E + wF * L_F) / S, S = wE + wF", "NequIP normalises the coefficients; the three rows below undo the factor 1/S"),
+    ("clip_grad", "optim.clip_grad_norm", "trainer.gradient_clip_val = clip_grad / S (norm)", "the same clipped gradient direction and relative size"),
+    ("(fixed)", "Adam eps 1e-8", "optimizer.eps = 1e-8 / S", "Adam(g/S, eps/S) steps exactly as Adam(g, eps)"),
+    ("weight_decay", "optim.weight_decay (every parameter, L2 in Adam)", "optimizer.weight_decay = weight_decay / S", "L2 added to the 1/S gradient"),
+    ("epochs", "optim.max_epochs", "trainer.max_epochs", ""),
+    ("energy_weight", "loss.energy_weight (energy_per_atom: true, type: mse)", "loss: EnergyForceLoss per_atom_energy: true, coeffs.total_energy", "mean over structures of ((E-E_ref)/N)^2"),
+    ("forces_weight", "loss.forces_weight", "loss coeffs.forces", "mean over force components of (F-F_ref)^2"),
+    ("plateau_factor", "schedule: {type: plateau, factor}", "lr_scheduler: ReduceLROnPlateau factor", "on the validation loss (NequIP: val0_epoch/weighted_sum of the same two MSEs and weights, / S)"),
+    ("plateau_patience", "schedule.patience (threshold 1e-4, min_lr 0)", "ReduceLROnPlateau patience, threshold 1e-4 rel, min_lr 0", "a relative threshold: the factor 1/S changes no decision"),
+    ("ema_decay", "ema: {enabled: true, decay}", "training_module: EMALightningModule ema_decay", "warm-up min(d, (1+n)/(10+n)) both, n = 1 at the first step"),
+    ("stage_two", "stage_two.enabled: false", "(none)", "off for both; --stage-two true is refused with --peer nequip"),
+    ("seed", "seed", "model.seed, data.seed", "same number; the random streams differ"),
+    ("(fixed)", "train.valid_every: 1, no early stopping", "trainer.check_val_every_n_epoch: 1, num_sanity_val_steps: 0", ""),
+    ("(fixed)", "last_model.pt (EMA, last epoch)", "ModelCheckpoint checkpoints/last_epoch.ckpt (EMA weights on load)", "the model scored on the test sets"),
+    ("(fixed)", "metrics.csv", "CSVLogger val0_epoch/per_atom_energy_rmse, forces_rmse", "EMA weights, eV -> meV"),
+]
+
+
 def stage_two_start(epochs: int) -> int:
     """Stage-one epochs before stage two: mace-torch's default, max(1, epochs // 4 * 3)."""
     return max(1, epochs // 4 * 3)
@@ -227,6 +315,164 @@ def mace_args(s: Settings, files: Mapping[str, Any], seed: int, epochs: int, run
     return args
 
 
+def loss_norm(s: Settings) -> float:
+    """NequIP's loss is mlip's divided by this (its coefficients are normalised to sum to 1)."""
+    return float(s.energy_weight) + float(s.forces_weight)
+
+
+def training_statistics(train_path: str, r_max: float) -> Dict[str, Any]:
+    """What both programs get explicitly for ``--peer nequip``: the species of the training split
+    (sorted by Z), the RMS of its force components (eV/A; mlip's energy scale) and its directed
+    edges per atom within ``r_max`` (mlip's neighbour list and definition of avg_num_neighbors)."""
+    import ase.io
+    import numpy as np
+    from ase.data import atomic_numbers
+
+    from mlip.data.neighbors import neighbor_list
+
+    frames = ase.io.read(train_path, ":")
+    forces = np.concatenate([a.arrays[FORCES_KEY] for a in frames]).astype(float)
+    edges = atoms = 0
+    for a in frames:
+        edge_index, _ = neighbor_list(a.positions, np.asarray(a.cell[:]), a.pbc, float(r_max))
+        edges += int(edge_index.shape[1])
+        atoms += len(a)
+    species = sorted({s for a in frames for s in a.get_chemical_symbols()}, key=lambda s: atomic_numbers[s])
+    return {"type_names": species, "force_rms": float(np.sqrt(np.mean(forces ** 2))),
+            "avg_num_neighbors": edges / atoms, "r_max": float(r_max)}
+
+
+def _stats_of(files: Mapping[str, Any], s: Settings) -> Dict[str, Any]:
+    """``files['stats']`` if given (tests), else computed from the training file."""
+    stats = files.get("stats")
+    return dict(stats) if stats is not None else training_statistics(files["train"], s.r_max)
+
+
+def mlip_nequip_config(s: "NequIPSettings", files: Mapping[str, Any], seed: int, epochs: int, run_dir: str,
+                       stage_two: Optional[bool] = None) -> Dict[str, Any]:
+    """mlip's config for ``--peer nequip``: :func:`mlip_config`'s data and training sections with
+    ``architecture: nequip`` and the statistics of :func:`training_statistics` given explicitly."""
+    if stage_two:
+        raise SystemExit(STAGE_TWO_REFUSAL)
+    stats = _stats_of(files, s)
+    cfg = mlip_config(s, files, seed, epochs, run_dir, stage_two=False)
+    cfg["model"] = {"architecture": "nequip", "r_max": s.r_max, "num_layers": s.num_layers,
+                    "channels": s.num_features, "l_max": s.l_max, "parity": bool(s.parity),
+                    "num_bessel": s.num_bessels, "cutoff_p": s.polynomial_cutoff_p,
+                    "radial_hidden": s.radial_mlp_width, "radial_depth": s.radial_mlp_depth,
+                    "readout_hidden": s.readout_hidden, "self_connection": s.self_connection,
+                    "avg_num_neighbors": float(stats["avg_num_neighbors"]),
+                    "atomic_energy_scales": float(stats["force_rms"])}
+    return cfg
+
+
+STAGE_TWO_REFUSAL = ("--peer nequip has no stage two: NequIP 0.19 cannot switch the learning rate to a constant at "
+                     "an epoch (nequip.train.callbacks.LossCoefficientScheduler changes only the loss coefficients, "
+                     "which it normalises to sum to 1), so stage two is off for both programs; leave out "
+                     "--stage-two or give --stage-two false")
+
+
+def nequip_config(s: "NequIPSettings", files: Mapping[str, Any], seed: int, epochs: int, run_dir: str,
+                  stage_two: Optional[bool] = None) -> Dict[str, Any]:
+    """The ``nequip-train`` config (a dict for YAML, no interpolations) of one run.
+    ``files``: train, valid (paths), e0s ({symbol: eV}) and optionally stats
+    (:func:`training_statistics`)."""
+    if stage_two:
+        raise SystemExit(STAGE_TWO_REFUSAL)
+    stats = _stats_of(files, s)
+    run_dir = os.path.abspath(run_dir)
+    types = list(stats["type_names"])
+    norm = loss_norm(s)
+    missing = [t for t in types if t not in files["e0s"]]
+    if missing:
+        raise SystemExit(f"no E0 for {missing} in split.json")
+
+    def mse(name, field, coeff):
+        return {"name": name, "field": field, "coeff": coeff, "metric": {"_target_": "nequip.train.MeanSquaredError"}}
+
+    def rmse(name, field):
+        return {"name": name, "field": field, "metric": {"_target_": "nequip.train.RootMeanSquaredError"}}
+
+    per_atom = {"_target_": "nequip.data.PerAtomModifier", "field": "total_energy"}
+    loader = "torch.utils.data.DataLoader"
+    return {
+        "run": ["train"],
+        "seed": int(seed),
+        "hydra": {"run": {"dir": run_dir}},
+        "data": {
+            "_target_": "nequip.data.datamodule.ASEDataModule", "seed": int(seed),
+            "train_file_path": os.path.abspath(files["train"]), "val_file_path": os.path.abspath(files["valid"]),
+            "key_mapping": {ENERGY_KEY: "total_energy", FORCES_KEY: "forces"},
+            "transforms": [
+                {"_target_": "nequip.data.transforms.ChemicalSpeciesToAtomTypeMapper", "model_type_names": types,
+                 "chemical_species_to_atom_type_map": {t: t for t in types}},
+                {"_target_": "nequip.data.transforms.NeighborListTransform", "r_max": float(s.r_max)},
+            ],
+            "train_dataloader": {"_target_": loader, "batch_size": int(s.batch_size), "shuffle": True},
+            "val_dataloader": {"_target_": loader, "batch_size": int(s.valid_batch_size)},
+        },
+        "trainer": {
+            "_target_": "lightning.Trainer", "accelerator": "cpu", "devices": 1, "max_epochs": int(epochs),
+            "check_val_every_n_epoch": 1, "num_sanity_val_steps": 0, "enable_progress_bar": False,
+            "enable_model_summary": False, "log_every_n_steps": 1,
+            "gradient_clip_val": float(s.clip_grad) / norm, "gradient_clip_algorithm": "norm",
+            "logger": {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": run_dir, "name": "csv",
+                       "version": 0},
+            "callbacks": [
+                {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "dirpath": os.path.join(run_dir, "checkpoints"),
+                 "filename": "last_epoch", "save_top_k": 1, "every_n_epochs": 1, "enable_version_counter": False},
+                {"_target_": "lightning.pytorch.callbacks.LearningRateMonitor", "logging_interval": "epoch"},
+                {"_target_": "compare_peers_timer.EpochTimer"},
+            ],
+        },
+        "training_module": {
+            "_target_": "nequip.train.EMALightningModule",
+            "ema_decay": float(s.ema_decay),
+            "loss": {"_target_": "nequip.train.EnergyForceLoss", "per_atom_energy": True,
+                     "coeffs": {"total_energy": float(s.energy_weight), "forces": float(s.forces_weight)}},
+            "val_metrics": {"_target_": "nequip.train.MetricsManager", "metrics": [
+                mse("per_atom_energy_mse", per_atom, float(s.energy_weight)),
+                mse("forces_mse", "forces", float(s.forces_weight)),
+                rmse("per_atom_energy_rmse", per_atom), rmse("forces_rmse", "forces"),
+                rmse("total_energy_rmse", "total_energy")]},
+            "optimizer": {"_target_": "torch.optim.Adam", "lr": float(s.lr), "betas": [0.9, 0.999],
+                          "eps": 1e-8 / norm, "amsgrad": True, "weight_decay": float(s.weight_decay) / norm},
+            "lr_scheduler": {
+                "scheduler": {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "mode": "min",
+                              "factor": float(s.plateau_factor), "patience": int(s.plateau_patience),
+                              "threshold": 1e-4, "threshold_mode": "rel", "min_lr": 0.0},
+                "monitor": "val0_epoch/weighted_sum", "interval": "epoch", "frequency": 1},
+            "model": {
+                "_target_": "nequip.model.NequIPGNNModel", "seed": int(seed), "model_dtype": s.dtype,
+                "type_names": types, "r_max": float(s.r_max), "num_layers": int(s.num_layers),
+                "num_features": int(s.num_features), "l_max": int(s.l_max), "parity": bool(s.parity),
+                "num_bessels": int(s.num_bessels), "polynomial_cutoff_p": int(s.polynomial_cutoff_p),
+                "radial_mlp_width": int(s.radial_mlp_width), "radial_mlp_depth": int(s.radial_mlp_depth),
+                "readout_mlp_hidden_layers_depth": 1, "readout_mlp_hidden_layers_width": int(s.readout_hidden),
+                "avg_num_neighbors": float(stats["avg_num_neighbors"]),
+                "per_type_energy_scales": float(stats["force_rms"]),
+                "per_type_energy_shifts": {t: float(files["e0s"][t]) for t in types},
+            },
+        },
+    }
+
+
+# logs the training seconds of each epoch (the loop over the training batches: data, forward,
+# backward, optimiser and EMA; not the validation) into Lightning's metrics as train_epoch_seconds
+NEQUIP_TIMER = r'''
+import time
+from lightning.pytorch.callbacks import Callback
+
+
+class EpochTimer(Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        pl_module.log("train_epoch_seconds", time.perf_counter() - self.t0)
+'''
+
+
 def run_label(program: str, s: Settings) -> str:
     """The name of a program's runs and result rows: mlip's ``mace_compat`` runs are kept apart
     from its default runs, so both can sit next to one peer run in one work folder."""
@@ -235,6 +481,11 @@ def run_label(program: str, s: Settings) -> str:
 
 def mapping_table(s: Settings) -> str:
     rows = []
+    if isinstance(s, NequIPSettings):
+        for name, mlip_key, key, note in NEQUIP_MAPPING:
+            value = getattr(s, name, "") if hasattr(s, name) else ""
+            rows.append([name, str(value), mlip_key, key, note])
+        return format_table(["setting", "value", "mlip", "NequIP 0.19", "note"], rows)
     for name, mlip_key, flag, note in MAPPING:
         value = getattr(s, name, "") if hasattr(s, name) else ""
         if isinstance(value, tuple):
@@ -461,6 +712,39 @@ def parse_mace_results(path: str) -> List[Dict[str, float]]:
     return rows
 
 
+def parse_nequip_metrics(path: str) -> List[Dict[str, float]]:
+    """Lightning's ``CSVLogger`` ``metrics.csv`` of a ``nequip-train`` run (:func:`nequip_config`:
+    validation ``val0_epoch/per_atom_energy_rmse`` and ``val0_epoch/forces_rmse`` of the EMA
+    weights in eV/atom and eV/A, ``train_epoch_seconds``, ``lr-Adam``; Lightning's epochs count
+    from 0, and one epoch's values may sit on several rows), as rows per epoch counted from 1."""
+    with open(path, newline="") as fh:
+        records = [{k: v for k, v in r.items() if v not in (None, "")} for r in csv.DictReader(fh)]
+    # the learning rate is logged at the start of an epoch, on a row without the epoch: its step's
+    epoch_of_step: Dict[int, int] = {}
+    for r in records:
+        if "epoch" in r and "step" in r:
+            s, e = int(float(r["step"])), int(float(r["epoch"]))
+            epoch_of_step[s] = min(e, epoch_of_step.get(s, e))
+    epochs: Dict[int, Dict[str, str]] = {}
+    for r in records:
+        if "epoch" in r:
+            e = int(float(r["epoch"]))
+        elif "step" in r and int(float(r["step"])) in epoch_of_step:
+            e = epoch_of_step[int(float(r["step"]))]
+        else:
+            continue
+        epochs.setdefault(e, {}).update(r)
+    rows = []
+    for e in sorted(epochs):
+        d = epochs[e]
+        if "val0_epoch/forces_rmse" not in d:
+            continue
+        rows.append({"epoch": e + 1, "valid_E": 1e3 * _num(d.get("val0_epoch/per_atom_energy_rmse")),
+                     "valid_F": 1e3 * _num(d.get("val0_epoch/forces_rmse")),
+                     "seconds": _num(d.get("train_epoch_seconds")), "lr": _num(d.get("lr-Adam")), "stage": 1})
+    return rows
+
+
 def _num(v: Any) -> float:
     try:
         return float(v)
@@ -617,7 +901,8 @@ def train_mlip(s: Settings, meta: Mapping[str, Any], seed: int, epochs: int, run
     import yaml
 
     new_run_dir(run_dir)
-    cfg = mlip_config(s, meta, seed, epochs, run_dir, stage_two)
+    cfg = (mlip_nequip_config if isinstance(s, NequIPSettings) else mlip_config)(s, meta, seed, epochs, run_dir,
+                                                                                 stage_two)
     cfg_path = os.path.join(run_dir, "compare_config.yaml")
     with open(cfg_path, "w") as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)
@@ -647,7 +932,34 @@ def train_mace(s: Settings, meta: Mapping[str, Any], seed: int, epochs: int, run
     return dict(times, rows=parse_mace_results(results[0]), model=model)
 
 
-TRAINERS = {"mace": train_mace}
+def train_nequip(s: "NequIPSettings", meta: Mapping[str, Any], seed: int, epochs: int, run_dir: str, threads: int,
+                 nice: int, stage_two: Optional[bool] = None) -> Dict[str, Any]:
+    """``nequip-train`` with :func:`nequip_config` written to ``RUN/nequip_config.yaml``."""
+    import glob
+
+    import yaml
+
+    cfg = nequip_config(s, meta, seed, epochs, run_dir, stage_two)  # refuses stage two before creating anything
+    new_run_dir(run_dir)
+    with open(os.path.join(run_dir, "nequip_config.yaml"), "w") as fh:
+        yaml.safe_dump(cfg, fh, sort_keys=False)
+    with open(os.path.join(run_dir, "compare_peers_timer.py"), "w") as fh:
+        fh.write(NEQUIP_TIMER)
+    env = child_env(threads)
+    env["PYTHONPATH"] = run_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [peer_python("nequip"), "-m", "nequip.scripts.train", "-cp", os.path.abspath(run_dir),
+           "-cn", "nequip_config"]
+    times = run_logged(cmd, os.path.join(run_dir, "compare_stdout.log"), env, nice, run_dir)
+    metrics = glob.glob(os.path.join(run_dir, "csv", "*", "metrics.csv"))
+    if len(metrics) != 1:
+        raise SystemExit(f"expected one csv/*/metrics.csv in {run_dir}, found {metrics}")
+    model = os.path.join(run_dir, "checkpoints", "last_epoch.ckpt")
+    if not os.path.exists(model):
+        raise SystemExit(f"no checkpoints/last_epoch.ckpt in {run_dir}")
+    return dict(times, rows=parse_nequip_metrics(metrics[0]), model=model)
+
+
+TRAINERS = {"mace": train_mace, "nequip": train_nequip}
 
 MACE_PREDICT = r'''
 import json, sys, warnings
@@ -672,8 +984,33 @@ np.savez(out, **arrays)
 '''
 
 
+# NequIP's own loader of a training checkpoint (nequip.model.saved_models.load_utils.load_saved_model,
+# through the ASE calculator): it builds the model of the checkpoint with the EMA weights, eager mode
+NEQUIP_PREDICT = r'''
+import sys, warnings
+warnings.filterwarnings("ignore")
+import numpy as np, torch, ase.io
+from nequip.integrations.ase import NequIPCalculator
+model, out, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+torch.set_num_threads(threads)
+calc = NequIPCalculator._from_saved_model(model, device="cpu")
+arrays = {}
+for spec in sys.argv[4:]:
+    name, path = spec.split("=", 1)
+    energies, forces = [], []
+    for atoms in ase.io.read(path, ":"):
+        atoms.calc = calc
+        energies.append(atoms.get_potential_energy())
+        forces.append(atoms.get_forces())
+    arrays[name + "/energy"] = np.array(energies)
+    arrays[name + "/forces"] = np.concatenate(forces)
+arrays["params"] = np.array(sum(p.numel() for p in calc.model.parameters()))
+np.savez(out, **arrays)
+'''
+
+
 def predict_peer(peer: str, model: str, tests: Mapping[str, str], out: str, threads: int) -> Dict[str, Any]:
-    script = {"mace": MACE_PREDICT}[peer]
+    script = {"mace": MACE_PREDICT, "nequip": NEQUIP_PREDICT}[peer]
     cmd = [peer_python(peer), "-c", script, model, out, str(threads)] + [f"{k}={v}" for k, v in tests.items()]
     run_logged(cmd, out + ".log", child_env(threads), 0, os.path.dirname(out))
     return _load_predictions(out, tests)
@@ -743,6 +1080,12 @@ def epochs_for_budget(budget_s: float, cpu_short: float, cpu_long: float, epochs
 # --------------------------------------------------------------------------------------------
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    if getattr(args, "peer", "mace") == "nequip":
+        return nequip_settings_from_args(args)
+    given = [n for n in NEQUIP_ONLY if getattr(args, n, None) is not None]
+    if given:
+        raise SystemExit(f"{', '.join('--' + n.replace('_', '-') for n in given)}: NequIP model settings, "
+                         "for --peer nequip")
     s = Settings()
     if args.smoke:
         s = dataclasses.replace(s, **SMOKE_MODEL)
@@ -750,6 +1093,25 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         v = getattr(args, f.name, None)
         if v is not None:
             setattr(s, f.name, tuple(v) if f.name == "radial_MLP" else v)
+    return s
+
+
+def nequip_settings_from_args(args: argparse.Namespace) -> "NequIPSettings":
+    """:class:`NequIPSettings` of ``--peer nequip``; MACE's model flags, ``--mace-compat`` and stage
+    two are refused (they would not reach NequIP)."""
+    given = [n for n in MACE_MODEL_ONLY + STAGE_TWO_KEYS if getattr(args, n, None) is not None]
+    if given:
+        raise SystemExit(f"{', '.join('--' + n.replace('_', '-') for n in given)}: not settings of --peer nequip "
+                         "(see --show-mapping --peer nequip)")
+    if getattr(args, "stage_two", None):
+        raise SystemExit(STAGE_TWO_REFUSAL)
+    s = NequIPSettings()
+    if args.smoke:
+        s = dataclasses.replace(s, **SMOKE_NEQUIP)
+    for f in dataclasses.fields(NequIPSettings):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            setattr(s, f.name, v)
     return s
 
 
@@ -789,6 +1151,19 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
             p.add_argument(flag, type=typ, default=None, help=f"(default {f.default})")
+    for f in dataclasses.fields(NequIPSettings):
+        if f.name not in NEQUIP_ONLY:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, type=lambda x: x.lower() in ("1", "true", "yes"), default=None,
+                           help=f"--peer nequip (default {f.default})")
+        elif f.name == "self_connection":
+            p.add_argument(flag, choices=["species", "embedding"], default=None,
+                           help=f"--peer nequip, mlip's side (default {f.default})")
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
+            p.add_argument(flag, type=typ, default=None, help=f"--peer nequip (default {f.default})")
     return p
 
 
@@ -798,22 +1173,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.show_mapping:
         print(mapping_table(s))
         return 0
-    if args.peer == "nequip":
-        raise SystemExit("--peer nequip is not implemented yet (only --peer mace is): NequIP 0.19 trains through "
-                         "its Hydra/Lightning config (nequip-train), which needs its own translation of MAPPING; "
-                         "two settings have no exact counterpart there: its loss coefficients are normalised to "
-                         "sum to 1 (so a stage-two weight change also rescales the loss, which AMSGrad and "
-                         "gradient clipping see), and stage two's switch to a constant learning rate would need "
-                         "a custom scheduler")
     peer = args.peer
     n_train = args.n_train or (20 if args.smoke else 450)
     n_valid = args.n_valid or (10 if args.smoke else 50)
     n_test = args.n_test if args.n_test is not None else (20 if args.smoke else None)
     epochs = args.epochs or (2 if args.smoke else 10)
-    if n_train % s.batch_size:
+    if n_train % s.batch_size and peer == "mace":
         print(f"note: {n_train} training structures are not a multiple of batch size {s.batch_size}: mace-torch "
               "drops the last partial batch of each epoch, mlip does not")
-    if s.weight_decay:
+    if s.weight_decay and peer == "mace":
         print("note: mace-torch applies weight decay only to its interaction linears and products, mlip to "
               "every parameter")
     work = os.path.abspath(args.work)
@@ -821,6 +1189,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     test_names = list(meta["tests"])
     print(f"data: {len(meta['train_indices'])} train / {len(meta['valid_indices'])} valid from {meta['source']} "
           f"(split seed {args.split_seed}); tests {', '.join(test_names)}; E0s {meta['e0_method']}")
+    if peer == "nequip":
+        meta = dict(meta, stats=training_statistics(meta["train"], s.r_max))
+        print(f"statistics of the training split, given to both: force RMS {meta['stats']['force_rms']:.6g} eV/A "
+              f"(energy scale), avg_num_neighbors {meta['stats']['avg_num_neighbors']:.6g} (r_max {s.r_max:g}), "
+              f"types {' '.join(meta['stats']['type_names'])}")
     trainers = {"mlip": train_mlip, peer: TRAINERS[peer]}
     names = [] if args.report_only else [("mlip" if p == "mlip" else peer) for p in args.programs]
     budget = None
@@ -889,7 +1262,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         json.dump({"settings": dataclasses.asdict(s), "dataset": args.dataset, "peer": peer, "seeds": args.seeds,
                    "epochs": epochs_of, "equal_time_min": args.equal_time, "calibration": calibration,
                    "split": {k: meta[k] for k in ("n_train", "n_valid", "split_seed", "n_test", "e0s", "e0_method")},
-                   "threads": args.threads, "results": results}, fh, indent=1)
+                   "threads": args.threads, "results": results,
+                   **({"statistics": meta["stats"]} if "stats" in meta else {})}, fh, indent=1)
     print(f"\nwritten to {res_dir}: epochs.csv, final.csv, valid_forces.png, summary.json")
     return 0
 

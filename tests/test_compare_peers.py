@@ -119,9 +119,181 @@ def test_mapping_table_names_every_flag():
     assert "model.radial_MLP" in text and "[64, 64, 64]" in text
 
 
-def test_nequip_is_refused_with_a_message(capsys):
-    with pytest.raises(SystemExit, match="not implemented yet"):
-        cp.main(["--peer", "nequip", "--work", "/nonexistent"])
+# --- --peer nequip: translation, refusals, statistics ----------------------------------------
+
+NQ_FILES = dict(FILES, e0s=dict(FILES["e0s"], F=-2713.0),  # an E0 of a species the training split lacks
+                stats={"type_names": ["H", "C", "N", "O"], "force_rms": 1.25, "avg_num_neighbors": 17.5})
+
+
+def test_every_nequip_setting_reaches_both_programs():
+    from mlip.nn.build import canonical_model_config
+    from mlip.train.config import validate
+
+    s = cp.NequIPSettings(num_layers=3, num_features=12, l_max=2, parity=False, num_bessels=6, polynomial_cutoff_p=5,
+                          radial_mlp_width=24, radial_mlp_depth=2, readout_hidden=7, self_connection="species",
+                          r_max=4.5, batch_size=7, valid_batch_size=9, lr=0.003, weight_decay=1e-6, clip_grad=5.0,
+                          energy_weight=2.0, forces_weight=48.0, plateau_factor=0.5, plateau_patience=7,
+                          ema_decay=0.95, dtype="float32")
+    cfg = validate(cp.mlip_nequip_config(s, NQ_FILES, seed=5, epochs=8, run_dir="/w/mlip"), check_files=False)
+    model, _ = canonical_model_config(cfg["model"])
+    n = cp.nequip_config(s, NQ_FILES, seed=5, epochs=8, run_dir="/w/nequip")
+    tm = n["training_module"]
+    m = tm["model"]
+    opt = tm["optimizer"]
+    sched = tm["lr_scheduler"]["scheduler"]
+    norm = 2.0 + 48.0  # NequIP normalises its loss coefficients to sum to 1
+    pairs = [  # (mlip value, NequIP value)
+        (model["num_layers"], m["num_layers"]), (model["channels"], m["num_features"]), (model["l_max"], m["l_max"]),
+        (model["parity"], m["parity"]), (model["num_bessel"], m["num_bessels"]),
+        (model["cutoff_p"], m["polynomial_cutoff_p"]), (model["radial_hidden"], m["radial_mlp_width"]),
+        (model["radial_depth"], m["radial_mlp_depth"]), (model["readout_hidden"], m["readout_mlp_hidden_layers_width"]),
+        (model["r_max"], m["r_max"]), (model["r_max"], n["data"]["transforms"][1]["r_max"]),
+        (model["avg_num_neighbors"], m["avg_num_neighbors"]), (model["atomic_energy_scales"], m["per_type_energy_scales"]),
+        (cfg["dtype"], m["model_dtype"]), (cfg["seed"], m["seed"]), (cfg["seed"], n["data"]["seed"]),
+        (cfg["data"]["batch_size"], n["data"]["train_dataloader"]["batch_size"]),
+        (cfg["data"]["valid_batch_size"], n["data"]["val_dataloader"]["batch_size"]),
+        (cfg["optim"]["lr"], opt["lr"]), (cfg["optim"]["amsgrad"], opt["amsgrad"]),
+        (cfg["optim"]["betas"], opt["betas"]),
+        (cfg["optim"]["weight_decay"], opt["weight_decay"] * norm),
+        (cfg["optim"]["clip_grad_norm"], n["trainer"]["gradient_clip_val"] * norm),
+        (1e-8, opt["eps"] * norm),  # torch's default eps, which mlip's Adam keeps
+        (cfg["optim"]["max_epochs"], n["trainer"]["max_epochs"]),
+        (cfg["loss"]["energy_weight"], tm["loss"]["coeffs"]["total_energy"]),
+        (cfg["loss"]["forces_weight"], tm["loss"]["coeffs"]["forces"]),
+        (cfg["loss"]["energy_per_atom"], tm["loss"]["per_atom_energy"]),
+        (cfg["schedule"]["factor"], sched["factor"]), (cfg["schedule"]["patience"], sched["patience"]),
+        (cfg["schedule"]["threshold"], sched["threshold"]), (cfg["schedule"]["min_lr"], sched["min_lr"]),
+        (cfg["ema"]["decay"], tm["ema_decay"]),
+        (cfg["data"]["train_file"], n["data"]["train_file_path"]), (cfg["data"]["valid_file"], n["data"]["val_file_path"]),
+    ]
+    for mine, theirs in pairs:
+        assert mine == pytest.approx(theirs)
+    assert model["architecture"] == "nequip" and model["self_connection"] == "species" and model["parity"] is False
+    assert model["avg_num_neighbors"] == 17.5 and model["atomic_energy_scales"] == 1.25
+    assert cfg["stage_two"]["enabled"] is False and cfg["data"]["E0s"]["H"] == -13.5
+    # E0s: the same numbers, for the species of the training split (NequIP wants exactly its type names)
+    assert m["per_type_energy_shifts"] == {"H": -13.5, "C": -1029.4, "N": -1484.9, "O": -2041.9}
+    assert m["type_names"] == ["H", "C", "N", "O"] == n["data"]["transforms"][0]["model_type_names"]
+    assert n["data"]["key_mapping"] == {"REF_energy": "total_energy", "REF_forces": "forces"}
+    assert n["data"]["train_dataloader"]["shuffle"] is True
+    assert m["readout_mlp_hidden_layers_depth"] == 1 and m["_target_"] == "nequip.model.NequIPGNNModel"
+    assert n["trainer"]["gradient_clip_algorithm"] == "norm" and n["trainer"]["check_val_every_n_epoch"] == 1
+    assert tm["_target_"] == "nequip.train.EMALightningModule" and opt["_target_"] == "torch.optim.Adam"
+    # the plateau watches the validation loss: the same two MSEs with the loss weights
+    assert tm["lr_scheduler"]["monitor"] == "val0_epoch/weighted_sum"
+    coeffs = {e["name"]: e.get("coeff") for e in tm["val_metrics"]["metrics"]}
+    assert coeffs == {"per_atom_energy_mse": 2.0, "forces_mse": 48.0, "per_atom_energy_rmse": None,
+                      "forces_rmse": None, "total_energy_rmse": None}
+    # every NequIP setting is in the table, and the table has no setting that does not exist
+    names = {row[0] for row in cp.NEQUIP_MAPPING}
+    shared = {f.name for f in dataclasses.fields(cp.Settings)} - set(cp.MACE_MODEL_ONLY) - set(cp.STAGE_TWO_KEYS)
+    assert set(cp.NEQUIP_ONLY) | shared <= names
+    assert {n for n in names if not n.startswith("(")} <= {f.name for f in dataclasses.fields(cp.NequIPSettings)} | {
+        "split", "labels", "E0s", "epochs", "seed"}
+
+
+def test_nequip_defaults_are_nequips_own():
+    s = cp.NequIPSettings()
+    assert (s.num_layers, s.num_features, s.l_max, s.parity, s.num_bessels, s.polynomial_cutoff_p,
+            s.radial_mlp_width, s.radial_mlp_depth) == (4, 32, 1, True, 8, 6, 128, 1)  # NequIPGNNModel 0.19
+    assert s.stage_two is False and s.self_connection == "embedding" and s.dtype == "float64"
+
+
+def test_nequip_config_is_a_plain_hydra_config():
+    """What can be checked without NequIP: the sections nequip-train asserts, no interpolation
+    (everything is resolved here), YAML round trip, importable-looking targets, and, where
+    omegaconf is installed, OmegaConf's own parse and resolve."""
+    import yaml
+
+    n = cp.nequip_config(cp.NequIPSettings(), NQ_FILES, seed=1, epochs=3, run_dir="/w/nequip")
+    for section in ("run", "data", "trainer", "training_module"):  # nequip.scripts.train's required sections
+        assert section in n
+    assert n["run"] == ["train"] and n["hydra"]["run"]["dir"] == "/w/nequip"
+    for key in ("model", "loss", "val_metrics", "optimizer"):
+        assert key in n["training_module"]
+    text = yaml.safe_dump(n, sort_keys=False)
+    assert yaml.safe_load(text) == n and "${" not in text
+
+    def targets(x):
+        if isinstance(x, dict):
+            if "_target_" in x:
+                yield x["_target_"]
+            for v in x.values():
+                yield from targets(v)
+        elif isinstance(x, list):
+            for v in x:
+                yield from targets(v)
+
+    found = set(targets(n))
+    assert all(t.count(".") >= 1 and all(p.isidentifier() for p in t.split(".")) for t in found)
+    assert "compare_peers_timer.EpochTimer" in found and "nequip.data.datamodule.ASEDataModule" in found
+    assert "class EpochTimer" in cp.NEQUIP_TIMER
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:
+        return
+    assert OmegaConf.to_container(OmegaConf.create(text), resolve=True) == n
+
+
+def test_nequip_model_section_builds_in_mlip():
+    import torch
+
+    from mlip.nn import build_model
+    from mlip.train.config import validate
+
+    s = cp.NequIPSettings(**cp.SMOKE_NEQUIP)
+    cfg = validate(cp.mlip_nequip_config(s, NQ_FILES, seed=1, epochs=2, run_dir="/w/mlip"), check_files=False)
+    net = build_model(cfg["model"], ["H", "C", "N", "O"], torch.float64)
+    assert sum(p.numel() for p in net.parameters()) > 0 and float(net.r_max) == 5.0
+
+
+def test_nequip_stage_two_is_refused_and_off_by_default():
+    parse = cp.build_parser().parse_args
+    s = cp.settings_from_args(parse(["--peer", "nequip"]))
+    assert isinstance(s, cp.NequIPSettings) and s.stage_two is False
+    assert cp.settings_from_args(parse(["--peer", "nequip", "--stage-two", "false"])).stage_two is False
+    with pytest.raises(SystemExit, match="no stage two"):
+        cp.settings_from_args(parse(["--peer", "nequip", "--stage-two", "true"]))
+    with pytest.raises(SystemExit, match="no stage two"):
+        cp.main(["--peer", "nequip", "--stage-two", "true", "--work", "/nonexistent"])
+    with pytest.raises(SystemExit, match="no stage two"):
+        cp.nequip_config(s, NQ_FILES, 1, 10, "/w", stage_two=True)
+    with pytest.raises(SystemExit, match="no stage two"):
+        cp.mlip_nequip_config(s, NQ_FILES, 1, 10, "/w", stage_two=True)
+    assert cp.mlip_nequip_config(s, NQ_FILES, 1, 10, "/w")["stage_two"]["enabled"] is False
+    # settings that would not reach the other program are refused, not ignored
+    with pytest.raises(SystemExit, match="--stage-two-lr"):
+        cp.settings_from_args(parse(["--peer", "nequip", "--stage-two-lr", "0.001"]))
+    with pytest.raises(SystemExit, match="--num-channels, --mace-compat"):
+        cp.settings_from_args(parse(["--peer", "nequip", "--num-channels", "8", "--mace-compat", "true"]))
+    with pytest.raises(SystemExit, match="--num-features: NequIP model settings"):
+        cp.settings_from_args(parse(["--num-features", "8"]))
+    s = cp.settings_from_args(parse(["--peer", "nequip", "--smoke", "--num-layers", "3", "--parity", "false",
+                                     "--self-connection", "species", "--lr", "0.02"]))
+    assert (s.num_layers, s.parity, s.self_connection, s.lr, s.num_features) == (3, False, "species", 0.02, 8)
+
+
+def test_show_mapping_nequip(capsys):
+    assert cp.main(["--show-mapping", "--peer", "nequip"]) == 0
+    out = capsys.readouterr().out
+    for key in ("NequIP 0.19", "model.num_features", "gradient_clip_val = clip_grad / S", "per_type_energy_shifts",
+                "(1+n)/(10+n)", "readout_mlp_hidden_layers_depth", "avg_num_neighbors"):
+        assert key in out
+    assert "--num_channels" not in out
+
+
+def test_training_statistics(tmp_path, rng):
+    import ase.io
+
+    mols = cp.labelled_atoms(_molecules(4, rng))
+    ase.io.write(tmp_path / "train.xyz", mols)
+    st = cp.training_statistics(str(tmp_path / "train.xyz"), r_max=2.0)
+    forces = np.concatenate([a.arrays["REF_forces"] for a in mols])
+    assert st["force_rms"] == pytest.approx(np.sqrt(np.mean(forces ** 2)))
+    pairs = sum(int(np.sum((np.linalg.norm(a.positions[:, None] - a.positions[None], axis=-1) < 2.0))) - len(a)
+                for a in mols)
+    assert st["avg_num_neighbors"] == pytest.approx(pairs / 16)  # directed edges per atom
+    assert st["type_names"] == ["H", "C", "O"]  # by Z
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -207,6 +379,23 @@ def test_parse_mace_results_fixture():
     assert rows[1]["valid_E"] == pytest.approx(4869.408258980801)
     assert rows[0]["seconds"] == pytest.approx(0.6512150764465332 + 0.2403697967529297 + 0.23752188682556152
                                                + 0.17520761489868164)
+
+
+def test_parse_nequip_metrics_fixture():
+    """Lightning's CSVLogger file of a real 2-epoch ``--smoke --peer nequip`` run (NequIP 0.19.1):
+    values in eV, epochs from 0, the learning rate on a row of its own."""
+    rows = cp.parse_nequip_metrics(os.path.join(FIXTURES, "nequip_metrics.csv"))
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["stage"] for r in rows] == [1, 1]
+    assert rows[1]["valid_F"] == pytest.approx(928.2620456410458)
+    assert rows[1]["valid_E"] == pytest.approx(4859.237520393533)
+    assert rows[0]["seconds"] == pytest.approx(0.23870345699833706) and rows[1]["lr"] == pytest.approx(0.01)
+    # RMSE, per atom: the per-atom MSE is its square; 3BPA has 27 atoms
+    import csv
+
+    with open(os.path.join(FIXTURES, "nequip_metrics.csv")) as fh:
+        last = [r for r in csv.DictReader(fh) if r["val0_epoch/forces_rmse"]][-1]
+    assert float(last["val0_epoch/per_atom_energy_mse"]) == pytest.approx((rows[1]["valid_E"] / 1e3) ** 2)
+    assert float(last["val0_epoch/total_energy_rmse"]) / 27 == pytest.approx(rows[1]["valid_E"] / 1e3)
 
 
 def test_parse_mlip_metrics_fixture():
@@ -352,3 +541,74 @@ def test_main_end_to_end_with_stand_in_programs(tmp_path, rng, monkeypatch, caps
     with pytest.raises(SystemExit, match="no finished mlip_compat run of seed 1"):
         cp.main(["--report-only", "--mace-compat", "true", "--work", str(work), "--n-train", "6", "--n-valid", "3",
                  "--data-root", str(root), "--batch-size", "3"])
+
+
+def test_main_nequip_with_stand_in_programs(tmp_path, rng, monkeypatch, capsys):
+    """main() --peer nequip with stand-ins: the statistics computed once and given to both
+    trainers, NequIPSettings without stage two, the tables and the summary."""
+    import json
+
+    import ase.io
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    root = tmp_path / "data"
+    (root / "3bpa").mkdir(parents=True)
+    ase.io.write(root / "3bpa" / "train_300K.xyz", _molecules(9, rng))
+    for name in ("test_300K.xyz", "test_600K.xyz"):
+        ase.io.write(root / "3bpa" / name, _molecules(2, rng))
+    iso = []
+    for sym in ("H", "C", "O"):
+        a = Atoms(sym)
+        a.calc = SinglePointCalculator(a, energy=-1.0)
+        iso.append(a)
+    ase.io.write(root / "3bpa" / "iso_atoms.xyz", iso)
+    seen = []
+
+    def fake_trainer(name):
+        def train(s, meta, seed, epochs, run_dir, threads, nice, stage_two=None):
+            cp.new_run_dir(run_dir)
+            seen.append((name, type(s).__name__, s.stage_two, meta["stats"]))
+            rows = [{"epoch": e, "valid_E": 1.0, "valid_F": 10.0, "seconds": 1.0, "lr": 0.01, "stage": 1}
+                    for e in range(1, epochs + 1)]
+            return {"wall_s": 1.0, "cpu_s": 2.0, "rows": rows, "model": name}
+        return train
+
+    def fake_predict(tests):
+        return {"params": 5, "tests": {t: {k: cp.read_references(p)[k] for k in ("energy", "forces")}
+                                       for t, p in tests.items()}}
+
+    monkeypatch.setattr(cp, "train_mlip", fake_trainer("mlip"))
+    monkeypatch.setitem(cp.TRAINERS, "nequip", fake_trainer("nequip"))
+    monkeypatch.setattr(cp, "predict_mlip", lambda model, tests, out, threads: fake_predict(tests))
+    monkeypatch.setattr(cp, "predict_peer", lambda peer, model, tests, out, threads: fake_predict(tests))
+    work = tmp_path / "work"
+    assert cp.main(["--peer", "nequip", "--epochs", "2", "--n-train", "6", "--n-valid", "3", "--work", str(work),
+                    "--data-root", str(root), "--r-max", "3.0"]) == 0
+    assert [x[:3] for x in seen] == [("mlip", "NequIPSettings", False), ("nequip", "NequIPSettings", False)]
+    assert seen[0][3] == seen[1][3] and seen[0][3]["r_max"] == 3.0
+    summary = json.loads((work / "results" / "summary.json").read_text())
+    assert summary["peer"] == "nequip" and summary["statistics"] == seen[0][3]
+    assert summary["settings"]["num_layers"] == 4 and summary["settings"]["stage_two"] is False
+    out = capsys.readouterr().out
+    assert "nequip valid F" in out and "avg_num_neighbors" in out and "mace-torch drops" not in out
+
+
+@pytest.mark.slow
+def test_nequip_smoke_real(tmp_path):
+    """The real thing: ``--smoke --peer nequip`` (about half a minute on two cores)."""
+    import json
+
+    if not os.path.exists(os.path.join(cp.PEERS_ROOT, "nequip", "bin", "python")):
+        pytest.skip("no NequIP environment (../shared/bench/setup_peers.sh)")
+    if not os.path.exists(os.path.join(cp.SHARED_DATA, "3bpa", "train_300K.xyz")):
+        pytest.skip("no 3BPA data")
+    work = tmp_path / "work"
+    assert cp.main(["--smoke", "--peer", "nequip", "--work", str(work)]) == 0
+    summary = json.loads((work / "results" / "summary.json").read_text())
+    final = {r["program"]: r for r in summary["results"]}
+    assert set(final) == {"mlip", "nequip"} and final["nequip"]["params"] > 0
+    info = json.loads((work / "nequip_seed1" / "compare_run.json").read_text())
+    assert [r["epoch"] for r in info["rows"]] == [1, 2] and all(math.isfinite(r["valid_F"]) for r in info["rows"])
+    for t in ("test_300K", "test_600K"):
+        assert math.isfinite(final["nequip"]["tests"][t]["forces_rmse_meV_A"])
