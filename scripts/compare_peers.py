@@ -103,6 +103,7 @@ class Settings:
     radial_MLP: Tuple[int, ...] = (64, 64, 64)
     readout_hidden: int = 16            # mace-torch --MLP_irreps 16x0e
     mace_compat: bool = False           # mlip only: model.mace_compat (mace-torch's blocks and parameter count)
+    mlip_model: str = ""                # mlip only: more model keys, "key=value,key=value" (YAML values)
     # training
     dtype: str = "float64"
     batch_size: int = 5
@@ -138,6 +139,7 @@ MAPPING: List[Tuple[str, str, str, str]] = [
     ("num_cutoff_basis", "model.num_cutoff_basis (= cutoff_p)", "--num_cutoff_basis", "polynomial envelope p"),
     ("radial_MLP", "model.radial_MLP (= radial_hidden, radial_depth)", "--radial_MLP", ""),
     ("readout_hidden", "model.readout_hidden", "--MLP_irreps Nx0e", "last-layer readout MLP"),
+    ("mlip_model", "model.<key>: <value> for each key=value", "(none: mlip only)", "for ablations, e.g. product_paths=mace; runs and results are named after the keys"),
     ("mace_compat", "model.mace_compat (off by default)", "(mace-torch's own blocks)", "on: mlip reproduces mace-torch's blocks and parameter count; runs and results are named mlip_compat"),
     ("(fixed)", "architecture: mace (residual from layer 2)", "--model MACE --interaction RealAgnosticResidualInteractionBlock", "mace-torch makes the first layer non-residual itself"),
     ("(fixed)", "energy scale = force RMS (statistics)", "--scaling rms_forces_scaling", "mlip's scale is always the force RMS"),
@@ -194,6 +196,7 @@ STAGE_TWO_KEYS = ("stage_two_lr", "stage_two_energy_weight", "stage_two_forces_w
 
 # (setting, mlip config key, NequIP 0.19 config key, note): --show-mapping --peer nequip
 NEQUIP_MAPPING: List[Tuple[str, str, str, str]] = [
+    ("mlip_model", "model.<key>: <value> for each key=value", "(none: mlip only)", "for ablations; runs and results are named after the keys"),
     ("split", "data.train_file, data.valid_file", "data: ASEDataModule train_file_path, val_file_path", "the same two files; no internal split"),
     ("labels", "data.keys.energy/forces = REF_energy/REF_forces", "data.key_mapping {REF_energy: total_energy, REF_forces: forces}", "written into the split files"),
     ("E0s", "data.E0s: {symbol: eV} (-> atomic_energy_shifts)", "model.per_type_energy_shifts: {symbol: eV}", "one mapping, from split.json; fixed (not trained) in both"),
@@ -260,7 +263,8 @@ def mlip_config(s: Settings, files: Mapping[str, Any], seed: int, epochs: int, r
                   "num_channels": s.num_channels, "max_L": s.max_L, "max_ell": s.max_ell,
                   "correlation": s.correlation, "num_radial_basis": s.num_radial_basis,
                   "num_cutoff_basis": s.num_cutoff_basis, "radial_MLP": [int(w) for w in s.radial_MLP],
-                  "readout_hidden": s.readout_hidden, **({"mace_compat": True} if s.mace_compat else {})},
+                  "readout_hidden": s.readout_hidden, **({"mace_compat": True} if s.mace_compat else {}),
+                  **mlip_model_extra(s)},
         "loss": {"energy_weight": s.energy_weight, "forces_weight": s.forces_weight, "stress_weight": 0.0,
                  "energy_per_atom": True, "type": "mse"},
         "optim": {"optimizer": "adam", "lr": s.lr, "weight_decay": s.weight_decay, "amsgrad": True,
@@ -362,7 +366,7 @@ def mlip_nequip_config(s: "NequIPSettings", files: Mapping[str, Any], seed: int,
                     "radial_hidden": s.radial_mlp_width, "radial_depth": s.radial_mlp_depth,
                     "readout_hidden": s.readout_hidden, "self_connection": s.self_connection,
                     "avg_num_neighbors": float(stats["avg_num_neighbors"]),
-                    "atomic_energy_scales": float(stats["force_rms"])}
+                    "atomic_energy_scales": float(stats["force_rms"]), **mlip_model_extra(s)}
     return cfg
 
 
@@ -473,10 +477,35 @@ class EpochTimer(Callback):
 '''
 
 
+def mlip_model_extra(s: Settings) -> Dict[str, Any]:
+    """``--mlip-model "key=value,key=value"`` as a dict (values read as YAML)."""
+    import yaml
+
+    extra: Dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in s.mlip_model.split(","))):
+        if "=" not in item:
+            raise SystemExit(f"--mlip-model: expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        extra[key.strip()] = yaml.safe_load(value)
+    return extra
+
+
 def run_label(program: str, s: Settings) -> str:
-    """The name of a program's runs and result rows: mlip's ``mace_compat`` runs are kept apart
-    from its default runs, so both can sit next to one peer run in one work folder."""
-    return "mlip_compat" if program == "mlip" and s.mace_compat else program
+    """The name of a program's runs and result rows: mlip's ``mace_compat`` runs and runs with
+    ``--mlip-model`` keys are kept apart from its default runs, so all can sit next to one peer
+    run in one work folder."""
+    if program != "mlip":
+        return program
+    label = "mlip_compat" if s.mace_compat else "mlip"
+    for key, value in mlip_model_extra(s).items():
+        label += f"_{key}-{str(value).lower()}"
+    return label
+
+
+def results_dir_name(s: Settings) -> str:
+    """``results``, or ``results_<what mlip runs differently>``."""
+    label = run_label("mlip", s)
+    return "results" if label == "mlip" else "results_" + label[len("mlip_"):]
 
 
 def mapping_table(s: Settings) -> str:
@@ -1244,7 +1273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             "s_per_epoch": sum(secs) / len(secs) if secs else math.nan, "cpu_s": info["cpu_s"],
                             "wall_s": info["wall_s"], "tests": info["tests"]})
         all_epoch_rows += epoch_rows(seed, per_program["mlip"]["rows"], per_program[peer]["rows"])
-    res_dir = os.path.join(work, "results_compat" if s.mace_compat else "results")
+    res_dir = os.path.join(work, results_dir_name(s))
     os.makedirs(res_dir, exist_ok=True)
     header = [h.format(peer=peer) for h in EPOCH_HEADER]
     print("\nvalidation RMSE per epoch (E meV/atom, F meV/A; EMA weights; s = training seconds of the epoch)")

@@ -65,6 +65,15 @@ def test_mace_compat_reaches_mlip_and_names_its_runs_apart():
     assert cp.run_label("mlip", s) == "mlip_compat" and cp.run_label("mace", s) == "mace"
     assert cp.run_label("mlip", cp.Settings()) == "mlip"
     assert cp.settings_from_args(cp.build_parser().parse_args(["--mace-compat", "true"])).mace_compat is True
+    s = cp.Settings(mlip_model="product_paths=mace, first_layer_species_map=true")
+    model = cp.mlip_config(s, FILES, seed=3, epochs=12, run_dir="/w/mlip")["model"]
+    assert model["product_paths"] == "mace" and model["first_layer_species_map"] is True
+    assert cp.run_label("mlip", s) == "mlip_product_paths-mace_first_layer_species_map-true"
+    assert cp.results_dir_name(s) == "results_product_paths-mace_first_layer_species_map-true"
+    assert cp.results_dir_name(cp.Settings(mace_compat=True)) == "results_compat"
+    assert cp.results_dir_name(cp.Settings()) == "results"
+    with pytest.raises(SystemExit, match="key=value"):
+        cp.mlip_model_extra(cp.Settings(mlip_model="product_paths"))
 
 
 def test_every_setting_reaches_both_programs():

@@ -143,6 +143,26 @@ def test_compat_adds_exactly_mace_torchs_blocks():
         k for k in compat.state_dict() if ".species_a." in k}
 
 
+def test_two_of_compats_differences_can_be_chosen_alone():
+    """product_paths and first_layer_species_map add exactly their own blocks, with or without
+    mace_compat, and a wrong path-set name is refused."""
+    channels, species = 8, 4
+    counts = {}
+    for name, extra in {"default": {}, "paths": {"product_paths": "mace"}, "map": {"first_layer_species_map": True},
+                        "compat": {"mace_compat": True},
+                        "compat-paths": {"mace_compat": True, "product_paths": "independent"},
+                        "compat-map": {"mace_compat": True, "first_layer_species_map": False}}.items():
+        counts[name] = _count(build_model(dict(architecture="mace", r_max=5.0, channels=channels, max_L=1, l_max=3,
+                                               correlation=3, radial_hidden=16, **extra), ["H", "C", "N", "O"]))
+    paths, first_map = counts["paths"] - counts["default"], counts["map"] - counts["default"]
+    assert paths > 0 and first_map == species * channels * channels * 4
+    assert counts["compat"] - counts["compat-paths"] == paths
+    assert counts["compat"] - counts["compat-map"] == first_map
+    assert counts["compat"] == counts["default"] + paths + first_map - 8 - species
+    with pytest.raises(ValueError, match="product_paths"):
+        build_model(dict(architecture="mace", r_max=5.0, channels=4, product_paths="full"), ["H"])
+
+
 def test_compat_round_trips_through_a_model_file(tmp_path, rng):
     """A trained compat model (buffers and parameters) is rebuilt from its file exactly."""
     from ase import Atoms

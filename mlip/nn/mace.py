@@ -31,6 +31,9 @@ defaults are cheaper):
   a one-hot species vector are; the SiLU of the readout MLP is normalised as e3nn's Activation
   does, and that of the radial MLPs with e3nn's constant (0.15 % off mlip's);
 * the Bessel frequencies are fixed and there is no trainable per-species energy offset.
+
+The first two can also be set on their own, with or without ``mace_compat``:
+``product_paths`` ("independent" or "mace") and ``first_layer_species_map`` (true/false).
 """
 
 import math
@@ -74,7 +77,8 @@ class MACELayer(nn.Module):
     def __init__(self, irreps_in: Sequence[Irrep], irreps_sh: Sequence[Irrep], target_irreps: Sequence[Irrep],
                  channels: int, correlation: int, num_types: int, num_basis: int, radial_hidden: int,
                  radial_depth: int, avg_num_neighbors: float, residual: bool, readout: nn.Module,
-                 backend: str = "auto", mace_compat: bool = False):
+                 backend: str = "auto", mace_compat: bool = False, product_paths: str = "independent",
+                 species_a_basis: bool = False):
         super().__init__()
         irreps_in = list(irreps_in)
         # atomic basis: the harmonics' irreps that the tensor product reaches
@@ -89,12 +93,12 @@ class MACELayer(nn.Module):
         # mace-torch's first interaction maps the A-basis per species (its skip_tp)
         self.species_a: Optional[SpeciesLinear] = (
             SpeciesLinear(a_irreps, a_irreps, channels, channels, num_types, species_fan_in=True)
-            if mace_compat and not residual else None)
+            if species_a_basis else None)
         out_irreps = reachable_outputs(a_irreps, target_irreps, correlation)
         if not out_irreps or out_irreps[0] != (0, 1):
             raise ValueError(f"MACE layer: the product basis of {a_irreps} must reach 0e first, got {out_irreps}")
         self.product = SymmetricContraction(a_irreps, out_irreps, channels, correlation, num_types,
-                                            paths="mace" if mace_compat else "independent")
+                                            paths=product_paths)
         self.linear_out = IrrepsLinear(out_irreps, out_irreps, channels, channels)
         self.residual: Optional[SpeciesLinear] = (
             SpeciesLinear(irreps_in, out_irreps, channels, channels, num_types, species_fan_in=mace_compat)
@@ -160,7 +164,8 @@ class MACEModel(nn.Module):
                  atomic_energy_scales: Union[Sequence[float], float] = 1.0,
                  atomic_energy_shifts: Union[Sequence[float], float] = 0.0, message_backend: str = "auto",
                  dipole: bool = False, atomic_dipoles: bool = True, polarizability: bool = False,
-                 structure_output: str = "", atom_output: str = "", mace_compat: bool = False):
+                 structure_output: str = "", atom_output: str = "", mace_compat: bool = False,
+                 product_paths: Optional[str] = None, first_layer_species_map: Optional[bool] = None):
         super().__init__()
         if num_interactions < 1:
             raise ValueError("num_interactions must be at least 1")
@@ -171,6 +176,13 @@ class MACEModel(nn.Module):
         self.r_max = float(r_max)
         self.num_message_layers = num_interactions  # receptive field: num_interactions * r_max
         self.mace_compat = bool(mace_compat)
+        # two of mace_compat's differences can also be chosen on their own (None: as mace_compat)
+        if product_paths is None:
+            product_paths = "mace" if mace_compat else "independent"
+        if product_paths not in ("independent", "mace"):
+            raise ValueError(f"product_paths must be 'independent' or 'mace', got {product_paths!r}")
+        if first_layer_species_map is None:
+            first_layer_species_map = bool(mace_compat)
         self.embedding = SpeciesEmbedding(num_types, channels, scale=num_types ** -0.5 if mace_compat else 1.0)
         self.edges = EdgeEmbedding(r_max, num_bessel, cutoff_p, l_max, trainable_bessel=not mace_compat)
         irreps_sh = sh_irreps(l_max, parity)
@@ -187,7 +199,8 @@ class MACEModel(nn.Module):
                                   if last and nonlinear_readout else LinearReadout(channels))
             layer = MACELayer(irreps, irreps_sh, target, channels, correlation, num_types, num_bessel, radial_hidden,
                               radial_depth, avg_num_neighbors, residual=t > 0, readout=readout,
-                              backend=message_backend, mace_compat=mace_compat)
+                              backend=message_backend, mace_compat=mace_compat, product_paths=product_paths,
+                              species_a_basis=first_layer_species_map and t == 0)
             irreps = layer.out_irreps_list
             layers.append(layer)
         self.layers = nn.ModuleList(layers)
