@@ -17,9 +17,10 @@ class EdgeEmbedding(nn.Module):
     radial features are per pair, [P, num_bessel]: opposite edges have the same length, so
     everything that depends on the length alone runs once per pair."""
 
-    def __init__(self, r_max: float, num_bessel: int, cutoff_p: int, l_max: int, trainable_bessel: bool = True):
+    def __init__(self, r_max: float, num_bessel: int, cutoff_p: int, l_max: int, trainable_bessel: bool = True,
+                 bessel_prefactor: Optional[float] = None):
         super().__init__()
-        self.radial = RadialEmbedding(r_max, num_bessel, cutoff_p, trainable_bessel)
+        self.radial = RadialEmbedding(r_max, num_bessel, cutoff_p, trainable_bessel, bessel_prefactor)
         self.sh = SphericalHarmonics(l_max)
         self.irreps_in = "1x1o"
         self.irreps_out = self.sh.irreps_out

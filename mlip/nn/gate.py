@@ -27,6 +27,17 @@ def e3nn_silu_gain() -> float:
     from e3nn.math import normalize2mom
 
     return float(normalize2mom(torch.nn.functional.silu).cst)
+
+
+@lru_cache(maxsize=None)
+def e3nn_tanh_gain() -> float:
+    """e3nn's normalisation of tanh (as :func:`e3nn_silu_gain`; 1.59373, where _TANH_GAIN
+    is 1.59252): the odd scalars of ``nequip_compat`` models."""
+    from e3nn.math import normalize2mom
+
+    return float(normalize2mom(torch.tanh).cst)
+
+
 _SIGMOID_GAIN = 1.0 / 0.2933 ** 0.5
 
 _EVEN_SCALAR, _ODD_SCALAR, _GATED = 0, 1, 2
@@ -38,11 +49,18 @@ def gate_input_irreps(irreps_out: Sequence[Irrep]) -> List[Irrep]:
 
 
 class Gate(nn.Module):
-    def __init__(self, irreps_out: Sequence[Irrep], channels: int):
+    """``e3nn_nequip``: e3nn's Gate as NequIP configures it: the gates go through SiLU (not
+    sigmoid), and SiLU and tanh are normalised with e3nn's sampled constants
+    (:func:`e3nn_silu_gain`, :func:`e3nn_tanh_gain`) instead of the rounded ones."""
+
+    def __init__(self, irreps_out: Sequence[Irrep], channels: int, e3nn_nequip: bool = False):
         super().__init__()
         self.irreps_in = e3nn_irreps(gate_input_irreps(irreps_out), channels)
         self.irreps_out = e3nn_irreps(irreps_out, channels)
         self.silu_gain, self.tanh_gain, self.sigmoid_gain = SILU_GAIN, _TANH_GAIN, _SIGMOID_GAIN
+        self.silu_gates = bool(e3nn_nequip)
+        if e3nn_nequip:
+            self.silu_gain, self.tanh_gain = e3nn_silu_gain(), e3nn_tanh_gain()
         slices = irreps_slices(irreps_out)
         self.dim_out = slices[-1][1]
         # (kind, start, stop, gate index) for every output irrep, in order
@@ -62,6 +80,8 @@ class Gate(nn.Module):
                 parts.append(torch.nn.functional.silu(x[:, a:b]) * self.silu_gain)
             elif kind == 1:  # odd scalar
                 parts.append(torch.tanh(x[:, a:b]) * self.tanh_gain)
+            elif self.silu_gates:  # gated irrep, NequIP's SiLU gates
+                parts.append(x[:, a:b] * (torch.nn.functional.silu(x[:, g:g + 1]) * self.silu_gain))
             else:  # gated irrep
                 parts.append(x[:, a:b] * (torch.sigmoid(x[:, g:g + 1]) * self.sigmoid_gain))
         return torch.cat(parts, dim=1)

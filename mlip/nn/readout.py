@@ -6,17 +6,21 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
+from mlip.nn.radial import unit_uniform
+
 
 class ScalarReadout(nn.Module):
     """Even scalars [N, C] -> per-atom energy [N, 1] through a small MLP (C -> hidden -> 1).
 
     ``act_gain`` multiplies the SiLU (1: plain; e3nn's normalised SiLU, which mace-torch's
-    readout uses, is about 1.68)."""
+    readout uses, is about 1.68; NequIP's MLPs have sqrt(2)). ``uniform_init``: weights uniform
+    on [-sqrt(3), sqrt(3)] instead of normal (NequIP's)."""
 
-    def __init__(self, channels: int, hidden: int = 16, act_gain: float = 1.0):
+    def __init__(self, channels: int, hidden: int = 16, act_gain: float = 1.0, uniform_init: bool = False):
         super().__init__()
-        self.w1 = nn.Parameter(torch.randn(channels, hidden))
-        self.w2 = nn.Parameter(torch.randn(hidden, 1))
+        draw = unit_uniform if uniform_init else torch.randn
+        self.w1 = nn.Parameter(draw(channels, hidden))
+        self.w2 = nn.Parameter(draw(hidden, 1))
         self.s1, self.s2 = 1.0 / math.sqrt(channels), 1.0 / math.sqrt(hidden)
         if act_gain != 1.0:  # folded into the second layer's scale: (silu(x) * g) @ (w2 * s2)
             self.s2 = self.s2 * float(act_gain)
