@@ -990,39 +990,16 @@ def train_nequip(s: "NequIPSettings", meta: Mapping[str, Any], seed: int, epochs
 
 TRAINERS = {"mace": train_mace, "nequip": train_nequip}
 
-MACE_PREDICT = r'''
-import json, sys, warnings
-warnings.filterwarnings("ignore")
-import numpy as np, torch, ase.io
-from mace.calculators import MACECalculator
-model, out, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-torch.set_num_threads(threads)
-calc = MACECalculator(model_paths=model, device="cpu", default_dtype="float64")
-arrays = {}
-for spec in sys.argv[4:]:
-    name, path = spec.split("=", 1)
-    energies, forces = [], []
-    for atoms in ase.io.read(path, ":"):
-        atoms.calc = calc
-        energies.append(atoms.get_potential_energy())
-        forces.append(atoms.get_forces())
-    arrays[name + "/energy"] = np.array(energies)
-    arrays[name + "/forces"] = np.concatenate(forces)
-arrays["params"] = np.array(sum(p.numel() for p in calc.models[0].parameters()))
-np.savez(out, **arrays)
-'''
-
-
-# NequIP's own loader of a training checkpoint (nequip.model.saved_models.load_utils.load_saved_model,
-# through the ASE calculator): it builds the model of the checkpoint with the EMA weights, eager mode
-NEQUIP_PREDICT = r'''
+# Run by the peer's own Python: ``PREDICT_HEAD`` + the peer's calculator lines + ``PREDICT_LOOP``
+PREDICT_HEAD = r'''
 import sys, warnings
 warnings.filterwarnings("ignore")
 import numpy as np, torch, ase.io
-from nequip.integrations.ase import NequIPCalculator
 model, out, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(threads)
-calc = NequIPCalculator._from_saved_model(model, device="cpu")
+'''
+
+PREDICT_LOOP = r'''
 arrays = {}
 for spec in sys.argv[4:]:
     name, path = spec.split("=", 1)
@@ -1033,9 +1010,23 @@ for spec in sys.argv[4:]:
         forces.append(atoms.get_forces())
     arrays[name + "/energy"] = np.array(energies)
     arrays[name + "/forces"] = np.concatenate(forces)
-arrays["params"] = np.array(sum(p.numel() for p in calc.model.parameters()))
+arrays["params"] = np.array(sum(p.numel() for p in net.parameters()))
 np.savez(out, **arrays)
 '''
+
+MACE_PREDICT = PREDICT_HEAD + r'''
+from mace.calculators import MACECalculator
+calc = MACECalculator(model_paths=model, device="cpu", default_dtype="float64")
+net = calc.models[0]
+''' + PREDICT_LOOP
+
+# NequIP's own loader of a training checkpoint (nequip.model.saved_models.load_utils.load_saved_model,
+# through the ASE calculator): it builds the model of the checkpoint with the EMA weights, eager mode
+NEQUIP_PREDICT = PREDICT_HEAD + r'''
+from nequip.integrations.ase import NequIPCalculator
+calc = NequIPCalculator._from_saved_model(model, device="cpu")
+net = calc.model
+''' + PREDICT_LOOP
 
 
 def predict_peer(peer: str, model: str, tests: Mapping[str, str], out: str, threads: int) -> Dict[str, Any]:

@@ -323,23 +323,32 @@ def _molecules(n, rng, energy_in_calc=True):
     return out
 
 
-def test_prepare_data_writes_one_split_with_isolated_e0s(tmp_path, rng):
+def _fake_3bpa(tmp_path, rng, n_train, n_test, e0s=(("H", -1.0), ("C", -1.0), ("O", -1.0))):
+    """A stand-in for ../shared/data/3bpa under tmp_path/data: train, two test files and the
+    isolated atoms; returns the data root."""
     import ase.io
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
 
     root = tmp_path / "data"
     (root / "3bpa").mkdir(parents=True)
-    train = _molecules(12, rng)
-    ase.io.write(root / "3bpa" / "train_300K.xyz", train)
+    ase.io.write(root / "3bpa" / "train_300K.xyz", _molecules(n_train, rng))
     for name in ("test_300K.xyz", "test_600K.xyz"):
-        ase.io.write(root / "3bpa" / name, _molecules(5, rng))
+        ase.io.write(root / "3bpa" / name, _molecules(n_test, rng))
     iso = []
-    for sym, e in (("H", -13.6), ("C", -1029.5), ("O", -2042.0)):
+    for sym, e in e0s:
         a = Atoms(sym)
         a.calc = SinglePointCalculator(a, energy=e)
         iso.append(a)
     ase.io.write(root / "3bpa" / "iso_atoms.xyz", iso)
+    return root
+
+
+def test_prepare_data_writes_one_split_with_isolated_e0s(tmp_path, rng):
+    import ase.io
+
+    root = _fake_3bpa(tmp_path, rng, 12, 5, e0s=(("H", -13.6), ("C", -1029.5), ("O", -2042.0)))
+    train = ase.io.read(root / "3bpa" / "train_300K.xyz", ":")
     work = tmp_path / "work"
     meta = cp.prepare_data("3bpa", str(work), 6, 3, split_seed=7, n_test=4, data_root=str(root))
     assert meta["e0s"] == {"H": -13.6, "C": -1029.5, "O": -2042.0}
@@ -471,21 +480,7 @@ def test_main_end_to_end_with_stand_in_programs(tmp_path, rng, monkeypatch, caps
     per-epoch and test tables, CSV, PNG and summary (the real programs: --smoke, by hand)."""
     import json
 
-    import ase.io
-    from ase import Atoms
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    root = tmp_path / "data"
-    (root / "3bpa").mkdir(parents=True)
-    ase.io.write(root / "3bpa" / "train_300K.xyz", _molecules(12, rng))
-    for name in ("test_300K.xyz", "test_600K.xyz"):
-        ase.io.write(root / "3bpa" / name, _molecules(3, rng))
-    iso = []
-    for sym in ("H", "C", "O"):
-        a = Atoms(sym)
-        a.calc = SinglePointCalculator(a, energy=-1.0)
-        iso.append(a)
-    ase.io.write(root / "3bpa" / "iso_atoms.xyz", iso)
+    root = _fake_3bpa(tmp_path, rng, 12, 3)
     cost = {"mlip": (2.0, 3.0), "mace": (5.0, 6.0)}  # fixed and per-epoch CPU seconds
     calls = []
 
@@ -557,21 +552,7 @@ def test_main_nequip_with_stand_in_programs(tmp_path, rng, monkeypatch, capsys):
     trainers, NequIPSettings without stage two, the tables and the summary."""
     import json
 
-    import ase.io
-    from ase import Atoms
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    root = tmp_path / "data"
-    (root / "3bpa").mkdir(parents=True)
-    ase.io.write(root / "3bpa" / "train_300K.xyz", _molecules(9, rng))
-    for name in ("test_300K.xyz", "test_600K.xyz"):
-        ase.io.write(root / "3bpa" / name, _molecules(2, rng))
-    iso = []
-    for sym in ("H", "C", "O"):
-        a = Atoms(sym)
-        a.calc = SinglePointCalculator(a, energy=-1.0)
-        iso.append(a)
-    ase.io.write(root / "3bpa" / "iso_atoms.xyz", iso)
+    root = _fake_3bpa(tmp_path, rng, 9, 2)
     seen = []
 
     def fake_trainer(name):

@@ -14,6 +14,7 @@ from mlip.irreps import irreps_dim, sh_irreps, wigner_D
 from mlip.nn import build_model
 from mlip.nn.cg_coupling import coupling_basis, mace_coupling_paths, symmetrise
 from mlip.nn.symmetric_contraction import SymmetricContraction
+from peer_weights import copy_radial_mlp
 
 A_IRREPS = [(0, 1), (1, -1), (2, 1)]          # an A-basis of one channel, l <= 2
 OUTPUTS = [(0, 1), (1, -1), (1, 1), (2, 1)]
@@ -227,13 +228,9 @@ def _load_mace_torch_weights(model, ref, channels, num_types):
         mid = [tuple(x) for x in ref[f"mid_irreps_{t}"]]
         _set_linear(layer.linear_up, state[pre + "linear_up.weight"], node, node, C, C)
         # radial MLP: the last layer's columns go from mace-torch's path order to mlip's
-        key_of = [(i1, i2, mid[io][0]) for i1, i2, io in ref[f"instructions_{t}"]]
-        for k, w in enumerate(layer.radial_mlp.weights):
-            src = state[pre + f"conv_tp_weights.layer{k}.weight"]
-            if k == len(layer.radial_mlp.weights) - 1:
-                order = [key_of.index((p.i_in, p.i_sh, p.l_out)) for p in layer.message.spec.paths]
-                src = torch.cat([src[:, j * C:(j + 1) * C] for j in order], 1)
-            w.copy_(src)
+        copy_radial_mlp(layer, [state[pre + f"conv_tp_weights.layer{k}.weight"]
+                                for k in range(len(layer.radial_mlp.weights))],
+                        [(i1, i2, mid[io][0]) for i1, i2, io in ref[f"instructions_{t}"]], C)
         _set_linear(layer.linear_a, state[pre + "linear.weight"], mid, a_irreps, C, C)
         if layer.species_a is not None:  # first layer: skip_tp maps the A-basis per species
             _set_linear(layer.species_a.linear, state[pre + "skip_tp.weight"], a_irreps, a_irreps, C, S * C)

@@ -14,6 +14,7 @@ import torch
 from mlip.data import collate, frame_to_graph, frames_from_atoms_list, TypeMapper
 from mlip.data import keys as K
 from mlip.nn import build_model
+from peer_weights import copy_radial_mlp
 
 TYPES = ["H", "C", "N", "O"]
 
@@ -204,13 +205,9 @@ def _load_nequip_weights(model, ref, channels):
                     irreps_in, irreps_in)
         # radial MLP: the last layer's columns go from NequIP's path order to mlip's
         mid = [tuple(int(v) for v in row[1:]) for row in ref[f"mid_{t}"]]
-        key_of = [(int(i1), int(i2), mid[io][0]) for i1, i2, io in ref[f"instructions_{t}"]]
-        for k, w in enumerate(layer.radial_mlp.weights):
-            src = state[pre + f"edge_mlp.mlp.{2 * k}.weight"]
-            if k == len(layer.radial_mlp.weights) - 1:
-                order = [key_of.index((p.i_in, p.i_sh, p.l_out)) for p in layer.message.spec.paths]
-                src = torch.cat([src[:, j * C:(j + 1) * C] for j in order], 1)
-            w.copy_(src)
+        copy_radial_mlp(layer, [state[pre + f"edge_mlp.mlp.{2 * k}.weight"]
+                                for k in range(len(layer.radial_mlp.weights))],
+                        [(int(i1), int(i2), mid[io][0]) for i1, i2, io in ref[f"instructions_{t}"]], C)
         _set_linear(layer.linear_down.weights,
                     _linear_blocks(state[pre + "linear_2.weight"], ref[f"linear2_in_{t}"], conv_out, C),
                     layer.message.spec.irreps_out, pre_gate)
