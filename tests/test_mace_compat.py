@@ -164,6 +164,18 @@ def test_two_of_compats_differences_can_be_chosen_alone():
         build_model(dict(architecture="mace", r_max=5.0, channels=4, product_paths="full"), ["H"])
 
 
+def test_product_weights_choose_the_parametrisation_apart_from_the_path_set():
+    torch.manual_seed(0)
+    sc = SymmetricContraction(sh_irreps(2, True), [(0, 1)], 64, 3, num_types=4, weights="mace")
+    assert sc.path_set == "independent" and sc.weight_form == "mace"
+    for _, nu, k0, k, norm in sc.paths:
+        assert norm == 1.0 and abs(float(sc.weight.detach()[:, k0:k0 + k].std()) * k - 1.0) < 0.15, (nu, k)
+    sc = SymmetricContraction(sh_irreps(2, True), [(0, 1)], 4, 3, num_types=1, paths="mace", weights="normalised")
+    assert all(abs(norm - k ** -0.5) < 1e-15 for _, _, _, k, norm in sc.paths)
+    with pytest.raises(ValueError, match="weights"):
+        SymmetricContraction(sh_irreps(1, True), [(0, 1)], 4, 2, num_types=1, weights="unit")
+
+
 def test_compat_round_trips_through_a_model_file(tmp_path, rng):
     """A trained compat model (buffers and parameters) is rebuilt from its file exactly."""
     from ase import Atoms

@@ -32,6 +32,7 @@ HYPERPARAMETER_DOCS: Dict[str, str] = {
     "atom_output": "irreps of a generic per-atom output head ('' = none)",
     "nequip_compat": "reproduce NequIP 0.19's NequIPGNNModel: its blocks, parameter count, normalisations and initialisation (no first-block self-connection, SiLU gates, no 1/sqrt(2) on the sum, fixed Bessel frequencies, uniform MLP init); for side-by-side comparisons",
     "product_paths": "MACE product basis: 'independent' (a linearly independent coupling basis) or 'mace' (mace-torch's redundant path set); default: as mace_compat",
+    "product_weights": "MACE product-basis weights: 'normalised' (normal(0,1) times 1/sqrt(K) in the forward pass) or 'mace' (normal(0,1)/K, no factor); default: as product_paths",
     "first_layer_species_map": "MACE: map the first layer's A-basis per species (mace-torch's skip_tp); default: as mace_compat",
     "mace_compat": "reproduce mace-torch 0.3's blocks, parameter count and initialisation (first-layer per-species map, redundant product-basis paths, fixed Bessel frequencies); slower, for side-by-side comparisons",
 }

@@ -33,7 +33,9 @@ defaults are cheaper):
 * the Bessel frequencies are fixed and there is no trainable per-species energy offset.
 
 The first two can also be set on their own, with or without ``mace_compat``:
-``product_paths`` ("independent" or "mace") and ``first_layer_species_map`` (true/false).
+``product_paths`` ("independent" or "mace") and ``first_layer_species_map`` (true/false);
+``product_weights`` ("normalised" or "mace"; default: as the path set) sets the product basis'
+parametrisation apart from its path set.
 """
 
 import math
@@ -78,7 +80,7 @@ class MACELayer(nn.Module):
                  channels: int, correlation: int, num_types: int, num_basis: int, radial_hidden: int,
                  radial_depth: int, avg_num_neighbors: float, residual: bool, readout: nn.Module,
                  backend: str = "auto", mace_compat: bool = False, product_paths: str = "independent",
-                 species_a_basis: bool = False):
+                 species_a_basis: bool = False, product_weights: str = ""):
         super().__init__()
         irreps_in = list(irreps_in)
         # atomic basis: the harmonics' irreps that the tensor product reaches
@@ -98,7 +100,7 @@ class MACELayer(nn.Module):
         if not out_irreps or out_irreps[0] != (0, 1):
             raise ValueError(f"MACE layer: the product basis of {a_irreps} must reach 0e first, got {out_irreps}")
         self.product = SymmetricContraction(a_irreps, out_irreps, channels, correlation, num_types,
-                                            paths=product_paths)
+                                            paths=product_paths, weights=product_weights)
         self.linear_out = IrrepsLinear(out_irreps, out_irreps, channels, channels)
         self.residual: Optional[SpeciesLinear] = (
             SpeciesLinear(irreps_in, out_irreps, channels, channels, num_types, species_fan_in=mace_compat)
@@ -165,7 +167,8 @@ class MACEModel(nn.Module):
                  atomic_energy_shifts: Union[Sequence[float], float] = 0.0, message_backend: str = "auto",
                  dipole: bool = False, atomic_dipoles: bool = True, polarizability: bool = False,
                  structure_output: str = "", atom_output: str = "", mace_compat: bool = False,
-                 product_paths: Optional[str] = None, first_layer_species_map: Optional[bool] = None):
+                 product_paths: Optional[str] = None, first_layer_species_map: Optional[bool] = None,
+                 product_weights: Optional[str] = None):
         super().__init__()
         if num_interactions < 1:
             raise ValueError("num_interactions must be at least 1")
@@ -200,7 +203,8 @@ class MACEModel(nn.Module):
             layer = MACELayer(irreps, irreps_sh, target, channels, correlation, num_types, num_bessel, radial_hidden,
                               radial_depth, avg_num_neighbors, residual=t > 0, readout=readout,
                               backend=message_backend, mace_compat=mace_compat, product_paths=product_paths,
-                              species_a_basis=first_layer_species_map and t == 0)
+                              species_a_basis=first_layer_species_map and t == 0,
+                              product_weights=product_weights or "")
             irreps = layer.out_irreps_list
             layers.append(layer)
         self.layers = nn.ModuleList(layers)

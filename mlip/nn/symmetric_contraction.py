@@ -29,7 +29,8 @@ forward pass. ``paths="mace"`` uses mace-torch's redundant set
 (:func:`~mlip.nn.cg_coupling.mace_coupling_paths`, symmetrised here because only the
 symmetric part acts) with mace-torch's parametrisation: weights normal(0, 1) / K at
 initialisation and no normalisation in the forward pass. Both span the same functions; they
-differ in parameter count and in how a gradient step moves the function.
+differ in parameter count and in how a gradient step moves the function. ``weights`` picks
+the parametrisation independently of the path set: "normalised" (mlip's) or "mace".
 """
 
 import itertools
@@ -49,10 +50,11 @@ class SymmetricContraction(nn.Module):
 
     Every output irrep needs at least one path at some order (see :func:`reachable_outputs`).
     Parameters: ``weight`` [num_types, K_total, C], K_total = number of (output, order, path);
-    ``paths``: "independent" or "mace" (see the module docstring)."""
+    ``paths``: "independent" or "mace"; ``weights``: "normalised", "mace" or "" (as the path
+    set); see the module docstring."""
 
     def __init__(self, irreps_in: Sequence[Irrep], irreps_out: Sequence[Irrep], channels: int, correlation: int,
-                 num_types: int, paths: str = "independent"):
+                 num_types: int, paths: str = "independent", weights: str = ""):
         super().__init__()
         if paths not in PATH_SETS:
             raise ValueError(f"symmetric contraction: paths must be one of {sorted(PATH_SETS)}, got {paths!r}")
@@ -69,7 +71,13 @@ class SymmetricContraction(nn.Module):
         # (output index, nu, first weight row, K, normalisation): the layout of ``weight``
         paths: List[Tuple[int, int, int, int, float]] = []
         k_total = 0
-        mace = self.path_set == "mace"
+        # the parametrisation: "normalised" (normal(0, 1) weights times 1/sqrt(K) in the forward
+        # pass) or "mace" (normal(0, 1)/K at initialisation, no factor); "" follows the path set
+        weights = weights or ("mace" if self.path_set == "mace" else "normalised")
+        if weights not in ("normalised", "mace"):
+            raise ValueError(f"symmetric contraction: weights must be 'normalised' or 'mace', got {weights!r}")
+        self.weight_form = weights
+        mace = weights == "mace"
         for o, ir in enumerate(irreps_out):
             k_out = 0
             for nu in range(1, correlation + 1):
