@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from mlip.nn.gate import Gate, gate_input_irreps
+from mlip.nn.gate import SILU_GAIN, Gate, gate_input_irreps
 from mlip.irreps import Irrep, e3nn_irreps
 from mlip.nn.linear import EmbeddingSelfConnection, IrrepsLinear, SpeciesLinear
 from mlip.nn.radial import RadialMLP
@@ -45,9 +45,9 @@ class NequIPInteraction(nn.Module):
         spec = TensorProductSpec(irreps_in, list(irreps_sh), out_irreps)
         self.linear_up = IrrepsLinear(irreps_in, irreps_in, channels, channels)
         self.message = MessagePassing(spec, channels, backend)
-        self.radial_mlp = (RadialMLP(num_basis, radial_hidden, radial_depth, spec.num_paths, channels,
-                                     act_gain=math.sqrt(2.0), uniform_init=True) if nequip_compat
-                           else RadialMLP(num_basis, radial_hidden, radial_depth, spec.num_paths, channels))
+        self.radial_mlp = RadialMLP(num_basis, radial_hidden, radial_depth, spec.num_paths, channels,
+                                    act_gain=math.sqrt(2.0) if nequip_compat else SILU_GAIN,
+                                    uniform_init=nequip_compat)
         pre_gate = gate_input_irreps(out_irreps)
         self.linear_down = IrrepsLinear(spec.irreps_out, pre_gate, channels, channels)
         # embed_dim > 0: NequIP's bilinear in features and species embedding, else per species

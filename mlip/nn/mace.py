@@ -48,7 +48,7 @@ from mlip.data import keys as K
 from mlip.nn.build import radial_mlp_widths, register_architecture
 from mlip.nn.edges import EdgeEmbedding, last_layer_edges
 from mlip.nn.embedding import SpeciesEmbedding
-from mlip.nn.gate import e3nn_silu_gain
+from mlip.nn.gate import SILU_GAIN, e3nn_gain
 from mlip.nn.heads import OutputHeads, has_heads, head_irreps
 from mlip.irreps import Irrep, e3nn_irreps, sh_irreps
 from mlip.nn.linear import IrrepsLinear, SpeciesLinear
@@ -88,9 +88,8 @@ class MACELayer(nn.Module):
         spec = TensorProductSpec(irreps_in, list(irreps_sh), a_irreps)
         self.linear_up = IrrepsLinear(irreps_in, irreps_in, channels, channels)
         self.message = MessagePassing(spec, channels, backend)
-        self.radial_mlp = (RadialMLP(num_basis, radial_hidden, radial_depth, spec.num_paths, channels,
-                                     act_gain=e3nn_silu_gain()) if mace_compat
-                           else RadialMLP(num_basis, radial_hidden, radial_depth, spec.num_paths, channels))
+        self.radial_mlp = RadialMLP(num_basis, radial_hidden, radial_depth, spec.num_paths, channels,
+                                    act_gain=e3nn_gain("silu") if mace_compat else SILU_GAIN)
         self.linear_a = IrrepsLinear(spec.irreps_out, a_irreps, channels, channels)
         # mace-torch's first interaction maps the A-basis per species (its skip_tp)
         self.species_a: Optional[SpeciesLinear] = (
@@ -198,7 +197,7 @@ class MACEModel(nn.Module):
         for t in range(num_interactions):
             last = t == num_interactions - 1
             target = last_target if last else hidden
-            readout: nn.Module = (ScalarReadout(channels, readout_hidden, act_gain=e3nn_silu_gain() if mace_compat else 1.0)
+            readout: nn.Module = (ScalarReadout(channels, readout_hidden, act_gain=e3nn_gain("silu") if mace_compat else 1.0)
                                   if last and nonlinear_readout else LinearReadout(channels))
             layer = MACELayer(irreps, irreps_sh, target, channels, correlation, num_types, num_bessel, radial_hidden,
                               radial_depth, avg_num_neighbors, residual=t > 0, readout=readout,

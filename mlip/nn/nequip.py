@@ -87,9 +87,8 @@ class NequIPModel(nn.Module):
         self.num_message_layers = num_layers  # receptive field: num_layers * r_max
         self.nequip_compat = bool(nequip_compat)
         self.embedding = SpeciesEmbedding(num_types, channels)
-        self.edges = (EdgeEmbedding(r_max, num_bessel, cutoff_p, l_max, trainable_bessel=False,
-                                    bessel_prefactor=2.0 / float(r_max)) if nequip_compat
-                      else EdgeEmbedding(r_max, num_bessel, cutoff_p, l_max))
+        self.edges = EdgeEmbedding(r_max, num_bessel, cutoff_p, l_max, trainable_bessel=not nequip_compat,
+                                   bessel_prefactor=2.0 / float(r_max) if nequip_compat else None)
         # compat without parity: NequIP's natural-parity labels (0e, 1o, 2e, ...), which are O(3)
         # labels too, so the output heads read them as such
         body_parity = parity or self.nequip_compat
@@ -111,8 +110,8 @@ class NequIPModel(nn.Module):
             irreps = block.out_irreps_list
             layers.append(block)
         self.layers = nn.ModuleList(layers)
-        self.readout = (ScalarReadout(channels, readout_hidden, act_gain=math.sqrt(2.0), uniform_init=True)
-                        if nequip_compat else ScalarReadout(channels, readout_hidden))
+        self.readout = ScalarReadout(channels, readout_hidden, act_gain=math.sqrt(2.0) if nequip_compat else 1.0,
+                                     uniform_init=nequip_compat)
         self.scale_shift = ScaleShift(num_types, atomic_energy_scales, atomic_energy_shifts,
                                       trainable_correction=not nequip_compat)
         self.irreps_out = "1x0e"
