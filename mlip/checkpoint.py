@@ -20,9 +20,25 @@ FORMAT = "mlip-1"
 
 def model_record(model_config: Mapping[str, Any], type_names: List[str], dtype: str,
                  state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
-    """What is needed to rebuild a model: config (JSON-able), species, dtype, weights."""
+    """What is needed to rebuild a model: config (JSON-able), species, dtype, weights, and the
+    version of the hyperparameters' defaults that the config's missing keys mean."""
+    from mlip.nn.build import MODEL_DEFAULTS_VERSION
+
     return {"config": dict(model_config), "type_names": list(type_names), "dtype": dtype,
-            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}
+            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+            "defaults_version": MODEL_DEFAULTS_VERSION}
+
+
+def current_record(record: Mapping[str, Any]) -> Dict[str, Any]:
+    """``record`` read under today's defaults: a record written before a default changed gets
+    that key's former value written into its config (records without a ``defaults_version``
+    predate the versioning: version 1)."""
+    from mlip.nn.build import MODEL_DEFAULTS_VERSION, config_under_current_defaults
+
+    out = dict(record)
+    out["config"] = config_under_current_defaults(record["config"], int(record.get("defaults_version", 1)))
+    out["defaults_version"] = MODEL_DEFAULTS_VERSION
+    return out
 
 
 @contextlib.contextmanager
@@ -109,6 +125,10 @@ def load_file(path: str, map_location: str = "cpu") -> Dict[str, Any]:
         raise InputError(f"not a readable mlip checkpoint: {_what_the_file_is(path, exc)}", path) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT or "model" not in obj:
         raise InputError(f"not an mlip checkpoint (expected format '{FORMAT}' with a 'model' entry)", path)
+    try:  # every reader (evaluation, export, resume, fine-tuning) sees the config as meant
+        obj["model"] = current_record(obj["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"not a usable mlip checkpoint: its model record is damaged ({exc})", path) from None
     return obj
 
 
@@ -179,7 +199,7 @@ def build_from_record(record: Mapping[str, Any], dtype: Optional[str] = None, de
     """Rebuild the :class:`~mlip.nn.Potential` of a model record, optionally in another dtype."""
     from mlip.nn.build import DEFAULT_ARCHITECTURE, build_model, get_architecture
 
-    config = dict(record["config"])
+    config = current_record(record)["config"]
     architecture = get_architecture(config.get("architecture", DEFAULT_ARCHITECTURE))
     if message_backend is not None and "message_backend" in architecture.hyperparameters():
         config["message_backend"] = message_backend

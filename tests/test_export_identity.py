@@ -49,7 +49,8 @@ MODELS = {
     "nequip": (TINY_CONFIG, 11),
     "mace": (dict(architecture="mace", r_max=3.5, num_interactions=2, channels=4, max_L=1, l_max=2, correlation=2,
                   num_bessel=4, radial_hidden=8, radial_depth=2, readout_hidden=4, avg_num_neighbors=8.0,
-                  atomic_energy_scales=[0.7, 1.3], atomic_energy_shifts=[-160.0, -5.5]), 12),
+                  atomic_energy_scales=[0.7, 1.3], atomic_energy_shifts=[-160.0, -5.5],
+                  product_paths="independent"), 12),  # the reference's network (the default before defaults version 2)
 }
 DTYPES = ("float64", "float32")
 # relative tolerance where bit-identity cannot be expected (another machine, or MACE, see above)

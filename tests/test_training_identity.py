@@ -47,7 +47,8 @@ REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tr
 MODELS = {
     "nequip": None,  # tiny_config's own model section
     "mace": {"architecture": "mace", "r_max": 3.5, "num_interactions": 2, "channels": 4, "l_max": 2, "max_L": 1,
-             "correlation": 3, "num_bessel": 4, "radial_hidden": 8, "radial_depth": 1},
+             "correlation": 3, "num_bessel": 4, "radial_hidden": 8, "radial_depth": 1,
+             "product_paths": "independent"},  # the reference's network (the default before defaults version 2)
 }
 
 

@@ -16,6 +16,21 @@ from mlip.nn.potential import Potential
 
 DEFAULT_ARCHITECTURE = "nequip"  # what a model section without ``architecture`` means
 
+# Version of the hyperparameters' defaults. Model records store the version they were written
+# under (:func:`mlip.checkpoint.model_record`); when a default changes, this goes up by one and
+# the architecture lists the key's former default in ``former_defaults``, so that a record
+# written before the change (whose config does not name the key) still means what it meant.
+MODEL_DEFAULTS_VERSION = 2
+
+
+@dataclass(frozen=True)
+class FormerDefault:
+    """``key`` meant ``value(config)`` in records written before defaults version ``changed_in``."""
+
+    changed_in: int
+    key: str
+    value: Callable[[Mapping[str, Any]], Any]
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -30,6 +45,7 @@ class Architecture:
     supports_compile: bool = False   # one traced graph for train.compile / CompiledPotential
     # upstream (NequIP / MACE) key -> mlip key, or a function of the value -> {mlip key: value}
     aliases: Mapping[str, Union[str, Callable[[Any], Dict[str, Any]]]] = field(default_factory=dict)
+    former_defaults: Tuple[FormerDefault, ...] = ()
 
     def build(self, num_types: int, **hyperparameters: Any) -> torch.nn.Module:
         return self.model_class(num_types=num_types, **hyperparameters)
@@ -44,13 +60,27 @@ ARCHITECTURES: Dict[str, Architecture] = {}
 
 
 def register_architecture(name: str, supports_compile: bool = False,
-                          aliases: Mapping[str, Union[str, Callable[[Any], Dict[str, Any]]]] = None):
+                          aliases: Mapping[str, Union[str, Callable[[Any], Dict[str, Any]]]] = None,
+                          former_defaults: Tuple[FormerDefault, ...] = ()):
     """Class decorator: register an energy-model class as the architecture ``name``; ``aliases``
-    lets users write the upstream names of its hyperparameters."""
+    lets users write the upstream names of its hyperparameters; ``former_defaults`` keeps the
+    meaning of records written before a default changed (see :data:`MODEL_DEFAULTS_VERSION`)."""
     def deco(cls):
-        ARCHITECTURES[name] = Architecture(name, cls, supports_compile, dict(aliases or {}))
+        ARCHITECTURES[name] = Architecture(name, cls, supports_compile, dict(aliases or {}), tuple(former_defaults))
         return cls
     return deco
+
+
+def config_under_current_defaults(config: Mapping[str, Any], defaults_version: int) -> Dict[str, Any]:
+    """A model config written under ``defaults_version``, with the former default of every key
+    whose default has changed since then written out, so that today's builder reads it as it
+    was meant. Keys the config names are kept as they are."""
+    out = dict(config)
+    arch = get_architecture(out.get("architecture", DEFAULT_ARCHITECTURE))
+    for former in arch.former_defaults:
+        if defaults_version < former.changed_in and former.key not in out:
+            out[former.key] = former.value(config)
+    return out
 
 
 def canonical_model_config(model_config: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:

@@ -31,10 +31,10 @@ HYPERPARAMETER_DOCS: Dict[str, str] = {
     "structure_output": "irreps of a generic per-structure output head, e.g. '1x0e+1x1o' ('' = none)",
     "atom_output": "irreps of a generic per-atom output head ('' = none)",
     "nequip_compat": "reproduce NequIP 0.19's NequIPGNNModel: its blocks, parameter count, normalisations and initialisation (no first-block self-connection, SiLU gates, no 1/sqrt(2) on the sum, fixed Bessel frequencies, uniform MLP init); for side-by-side comparisons",
-    "product_paths": "MACE product basis: 'independent' (a linearly independent coupling basis) or 'mace' (mace-torch's redundant path set); default: as mace_compat",
+    "product_paths": "MACE product basis: 'mace' (mace-torch's redundant path set; the default, learns more per epoch) or 'independent' (a linearly independent basis of the same functions, a few % cheaper; the default before defaults version 2, and what older model files without the key mean)",
     "product_weights": "MACE product-basis weights: 'normalised' (normal(0,1) times 1/sqrt(K) in the forward pass) or 'mace' (normal(0,1)/K, no factor); default: as product_paths",
     "first_layer_species_map": "MACE: map the first layer's A-basis per species (mace-torch's skip_tp); default: as mace_compat",
-    "mace_compat": "reproduce mace-torch 0.3's blocks, parameter count and initialisation (first-layer per-species map, redundant product-basis paths, fixed Bessel frequencies); slower, for side-by-side comparisons",
+    "mace_compat": "reproduce mace-torch 0.3's blocks, parameter count and initialisation (first-layer per-species map, fixed Bessel frequencies, e3nn's normalisations); slower, for side-by-side comparisons",
 }
 
 

@@ -18,14 +18,19 @@ E_i = scale[z_i] * sum_t readout_t(h_i^t) + shift[z_i] (the shifts are the E0s).
 features carry ``channels`` channels of the irreps l <= ``max_L`` of natural parity (0e, 1o,
 2e, ...; all even without ``parity``); the last layer only computes scalars.
 
+The symmetric contraction learns one weight per path of mace-torch's redundant path set
+(normal(0, 1)/K, no normalisation in the forward pass) by default: it spans the same functions
+as an independent basis (``product_paths: independent``, mlip's default before defaults
+version 2) at a few percent more cost per step, and learns more per epoch
+(docs/benchmarks.md).
+
 ``mace_compat: true`` reproduces mace-torch 0.3's block structure, parameter count and
 initialisation where mlip's default differs (each difference is a choice, not a bug; the
 defaults are cheaper):
 
 * the first layer's A-basis passes through a per-species linear map (mace-torch's
   ``skip_tp``), species x channels^2 weights per irrep of the A-basis;
-* the symmetric contraction learns one weight per path of mace-torch's redundant path set
-  (normal(0, 1)/K, no normalisation in the forward pass) instead of an independent basis;
+* the product basis' path set, as above;
 * per-species linear maps (``skip_tp``, the residual) are normalised by
   1/sqrt(channels x species) and the species embedding by 1/sqrt(species), as e3nn's maps of
   a one-hot species vector are; the SiLU of the readout MLP is normalised as e3nn's Activation
@@ -33,7 +38,7 @@ defaults are cheaper):
 * the Bessel frequencies are fixed and there is no trainable per-species energy offset.
 
 The first two can also be set on their own, with or without ``mace_compat``:
-``product_paths`` ("independent" or "mace") and ``first_layer_species_map`` (true/false);
+``product_paths`` ("mace", the default, or "independent") and ``first_layer_species_map`` (true/false);
 ``product_weights`` ("normalised" or "mace"; default: as the path set) sets the product basis'
 parametrisation apart from its path set.
 """
@@ -45,7 +50,7 @@ import torch
 from torch import nn
 
 from mlip.data import keys as K
-from mlip.nn.build import radial_mlp_widths, register_architecture
+from mlip.nn.build import FormerDefault, radial_mlp_widths, register_architecture
 from mlip.nn.edges import EdgeEmbedding, last_layer_edges
 from mlip.nn.embedding import SpeciesEmbedding
 from mlip.nn.gate import SILU_GAIN, e3nn_gain
@@ -140,7 +145,11 @@ class MACELayer(nn.Module):
 @register_architecture("mace", aliases={
     # mace-torch's names of the same hyperparameters
     "num_channels": "channels", "max_ell": "l_max", "num_radial_basis": "num_bessel",
-    "num_cutoff_basis": "cutoff_p", "radial_MLP": radial_mlp_widths})
+    "num_cutoff_basis": "cutoff_p", "radial_MLP": radial_mlp_widths}, former_defaults=(
+    # defaults version 2 made mace-torch's path set the default (it learns more per epoch,
+    # docs/benchmarks.md); before, only mace_compat chose it
+    FormerDefault(2, "product_paths", lambda config: "mace" if config.get("mace_compat") else "independent"),
+))
 class MACEModel(nn.Module):
     """Per-atom energies of a MACE network.
 
@@ -178,9 +187,10 @@ class MACEModel(nn.Module):
         self.r_max = float(r_max)
         self.num_message_layers = num_interactions  # receptive field: num_interactions * r_max
         self.mace_compat = bool(mace_compat)
-        # two of mace_compat's differences can also be chosen on their own (None: as mace_compat)
+        # two of mace_compat's differences can also be chosen on their own; mace-torch's path
+        # set is the default (None) with or without mace_compat
         if product_paths is None:
-            product_paths = "mace" if mace_compat else "independent"
+            product_paths = "mace"
         if product_paths not in ("independent", "mace"):
             raise ValueError(f"product_paths must be 'independent' or 'mace', got {product_paths!r}")
         if first_layer_species_map is None:
