@@ -175,7 +175,7 @@ class MACEModel(nn.Module):
                  atomic_energy_shifts: Union[Sequence[float], float] = 0.0, message_backend: str = "auto",
                  dipole: bool = False, atomic_dipoles: bool = True, polarizability: bool = False,
                  structure_output: str = "", atom_output: str = "", mace_compat: bool = False,
-                 product_paths: Optional[str] = None, first_layer_species_map: Optional[bool] = None,
+                 product_paths: str = "mace", first_layer_species_map: Optional[bool] = None,
                  product_weights: Optional[str] = None):
         super().__init__()
         if num_interactions < 1:
@@ -187,9 +187,9 @@ class MACEModel(nn.Module):
         self.r_max = float(r_max)
         self.num_message_layers = num_interactions  # receptive field: num_interactions * r_max
         self.mace_compat = bool(mace_compat)
-        # two of mace_compat's differences can also be chosen on their own; mace-torch's path
-        # set is the default (None) with or without mace_compat
-        if product_paths is None:
+        # mace-torch's path set is the default with or without mace_compat (defaults version 2);
+        # the first-layer species map, another of mace_compat's differences, can be chosen alone
+        if product_paths is None:  # `product_paths: null` in a config: the default
             product_paths = "mace"
         if product_paths not in ("independent", "mace"):
             raise ValueError(f"product_paths must be 'independent' or 'mace', got {product_paths!r}")
