@@ -13,6 +13,11 @@ The extension is compiled on first use with the C++ compiler torch's ``cpp_exten
 for the CPU it runs on (``-march=native``; the CPU's feature flags are part of the cache name,
 so a shared home directory on a mixed cluster keeps one build per CPU kind). Without a compiler
 the model falls back to the torch reference with one warning. ``MLIP_CPU_KERNEL=0`` disables it.
+
+torch serialises builds with a ``lock`` file in the build folder and waits for it without a
+limit; a build that was killed (a job's wall time, Ctrl-C) leaves the lock behind, and every
+later process would wait forever at 0 % CPU. :func:`wait_for_build_lock` waits for a lock at
+most ``STALE_LOCK_S`` after its creation (a build takes about 10-60 s) and then removes it.
 """
 
 import hashlib
@@ -20,6 +25,7 @@ import logging
 import os
 import platform
 import sys
+import time
 import warnings
 from typing import Dict, Optional, Tuple
 
@@ -31,6 +37,7 @@ from mlip.ops.tensor_product import TensorProductSpec
 log = logging.getLogger("mlip")
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "message_cpu.cpp")
 _STATE: Dict[str, object] = {}
+STALE_LOCK_S = 300.0  # seconds after its creation that a build lock counts as left by a killed build
 
 
 def _cpu_signature() -> str:
@@ -57,6 +64,45 @@ def _ninja_dir() -> str:
         return ""
 
 
+def build_directory(name: str) -> str:
+    """Where torch's ``cpp_extension.load`` builds ``name`` (its own rule: TORCH_EXTENSIONS_DIR,
+    else the user cache's torch_extensions/py<version>_<accelerator>)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is None:
+        accelerator = (f"rocm{torch.version.hip.replace('.', '')}" if torch.version.hip is not None else
+                       f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda is not None else "cpu")
+        python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+        root = os.path.join(get_default_build_root(), f"{python}_{accelerator}")
+    return os.path.join(root, name)
+
+
+def wait_for_build_lock(folder: str, stale_after: float = STALE_LOCK_S, poll: float = 1.0) -> None:
+    """Wait while another process holds the build lock of ``folder``; a lock older than
+    ``stale_after`` seconds was left by a build that died, and is removed (with a warning)."""
+    lock = os.path.join(folder, "lock")
+    told = False
+    while True:
+        try:
+            age = time.time() - os.path.getmtime(lock)
+        except OSError:
+            return  # no lock (or it went away): torch's own lock takes over from here
+        if age > stale_after:
+            log.warning("mlip: removing the CPU kernel's build lock %s (%.0f s old, left by a build that was "
+                        "killed); building again", lock, age)
+            try:
+                os.remove(lock)
+            except FileNotFoundError:
+                pass
+            return
+        if not told:
+            log.info("mlip: waiting for another process's CPU kernel build (lock %s, %.0f s old; one older than "
+                     "%.0f s is taken as stale and removed)", lock, age, stale_after)
+            told = True
+        time.sleep(poll)
+
+
 def load_cpu_kernel() -> Optional[str]:
     """Build (first time) and load the extension; returns None when it is usable, else why not."""
     if "error" in _STATE:
@@ -75,9 +121,13 @@ def load_cpu_kernel() -> Optional[str]:
         os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), _ninja_dir(), path])
         try:
             for cflags in attempts:
+                name = f"mlip_cpu_{digest}_{len(cflags)}"
                 try:
                     log.info("loading the CPU message kernel (built once per machine kind, ~10 s)")
-                    load(name=f"mlip_cpu_{digest}_{len(cflags)}", sources=[SOURCE], extra_cflags=cflags,
+                    folder = build_directory(name)
+                    os.makedirs(folder, exist_ok=True)
+                    wait_for_build_lock(folder)
+                    load(name=name, sources=[SOURCE], extra_cflags=cflags, build_directory=folder,
                          is_python_module=False, verbose=False)
                     error = None
                     break
