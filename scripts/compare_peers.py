@@ -1255,6 +1255,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             elif os.path.exists(info_path):
                 with open(info_path) as fh:
                     info = json.load(fh)
+            elif names:  # the other program's run of this seed is not there (yet): report this one alone
+                print(f"note: no finished {run_label(name, s)} run of seed {seed} in {work} ({info_path} is "
+                      "missing): its columns stay empty")
+                per_program[name] = {"rows": []}
+                continue
             else:
                 raise SystemExit(f"no finished {run_label(name, s)} run of seed {seed} in {work} ({info_path} is missing): "
                                  "train it, or leave it out with --programs")

@@ -541,6 +541,12 @@ def test_main_end_to_end_with_stand_in_programs(tmp_path, rng, monkeypatch, caps
                     "--batch-size", "3"]) == 0 and calls == []
     summary = json.loads((work / "results" / "summary.json").read_text())
     assert [r["epochs"] for r in summary["results"]] == [10, 2]
+    # one program trained alone for a seed the other has not run: reported alone, not refused
+    calls.clear()
+    assert cp.main(again[:-2] + ["--seeds", "7", "--programs", "peer"]) == 0 and calls == [("mace", 2, None)]
+    summary = json.loads((work / "results" / "summary.json").read_text())
+    assert [(r["program"], r["seed"]) for r in summary["results"]] == [("mace", 7)]
+    assert "no finished mlip run of seed 7" in capsys.readouterr().out
     # a compat report needs compat runs
     with pytest.raises(SystemExit, match="no finished mlip_compat run of seed 1"):
         cp.main(["--report-only", "--mace-compat", "true", "--work", str(work), "--n-train", "6", "--n-valid", "3",
